@@ -1,0 +1,19 @@
+"""Sparse Switchable Normalization (SSN) and Switchable Normalization (SN) for OpenMMLab.
+
+Importing the package registers the layers (``SN``, ``SSN``, ...) in mmengine's
+root ``MODELS`` and the hooks in its root ``HOOKS``, so mmdet and mmseg
+configs can use them after
+``custom_imports = dict(imports=['ssn_plugins'], allow_failed_imports=False)``.
+"""
+from .engine import SSNRadiusHook, SwitchNormEvalHook, apply_norm_eval
+from .norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d, SwitchNorm1d,
+                   SwitchNorm2d, SwitchNorm3d, is_switch_norm)
+from .ops import sparsemax, sparsestmax
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'sparsemax', 'sparsestmax', 'SwitchNorm1d', 'SwitchNorm2d', 'SwitchNorm3d',
+    'SparseSwitchNorm1d', 'SparseSwitchNorm2d', 'SparseSwitchNorm3d', 'is_switch_norm',
+    'SSNRadiusHook', 'SwitchNormEvalHook', 'apply_norm_eval'
+]

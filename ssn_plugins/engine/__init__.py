@@ -1,0 +1,3 @@
+from .hooks import SSNRadiusHook, SwitchNormEvalHook, apply_norm_eval, radius_at
+
+__all__ = ['SSNRadiusHook', 'SwitchNormEvalHook', 'apply_norm_eval', 'radius_at']

@@ -1,0 +1,3 @@
+from .sparsestmax import SPARSESTMAX_MODES, sparsemax, sparsestmax
+
+__all__ = ['SPARSESTMAX_MODES', 'sparsemax', 'sparsestmax']
