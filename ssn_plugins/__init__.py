@@ -8,6 +8,8 @@ configs can use them after
 from .engine import SSNRadiusHook, SwitchNormEvalHook, apply_norm_eval
 from .norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d, SwitchNorm1d,
                    SwitchNorm2d, SwitchNorm3d, is_switch_norm)
+from .norm import (SyncSparseSwitchNorm, SyncSwitchNorm, convert_sync_switchnorm,
+                   revert_sync_switchnorm)
 from .ops import sparsemax, sparsestmax
 
 __version__ = '0.1.0'
@@ -15,5 +17,6 @@ __version__ = '0.1.0'
 __all__ = [
     'sparsemax', 'sparsestmax', 'SwitchNorm1d', 'SwitchNorm2d', 'SwitchNorm3d',
     'SparseSwitchNorm1d', 'SparseSwitchNorm2d', 'SparseSwitchNorm3d', 'is_switch_norm',
-    'SSNRadiusHook', 'SwitchNormEvalHook', 'apply_norm_eval'
+    'SSNRadiusHook', 'SwitchNormEvalHook', 'apply_norm_eval',
+    'SyncSwitchNorm', 'SyncSparseSwitchNorm', 'convert_sync_switchnorm', 'revert_sync_switchnorm'
 ]

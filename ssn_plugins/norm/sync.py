@@ -1,0 +1,236 @@
+"""Synchronized SN/SSN: the BN branch sees the global batch of all processes.
+
+Segmentation trains with 2 images per GPU, where per-GPU BN moments are
+noisy; ``SyncBN`` fixes that for BN and these layers do the same for the BN
+branch of SN/SSN.  Only the BN branch's batch moments are reduced (two
+all-reduces of ``C + 1`` and ``C`` numbers, gradients flowing back through
+them); IN and LN stay per sample, and eval uses the running statistics, so
+eval needs no collectives.  Without an initialised process group (or with
+one process) the layers are exactly SN/SSN.
+
+:func:`convert_sync_switchnorm` and :func:`revert_sync_switchnorm` swap the
+layers of a built model in place of ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``
+(which does not know them), sharing parameters and buffers.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .functional import NORMALIZERS, pool_batch
+from .switch_norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
+                          SwitchNorm1d, SwitchNorm2d, SwitchNorm3d, _SparseSwitchNorm,
+                          _SwitchNormBase)
+
+__all__ = [
+    'SyncSwitchNorm', 'SyncSparseSwitchNorm', 'convert_sync_switchnorm', 'revert_sync_switchnorm'
+]
+
+logger = logging.getLogger(__name__)
+_logged_local = False
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the process group; the gradient of a sum is the summed gradient."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, group) -> Tensor:
+        ctx.group = group
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def _log_local_once() -> None:
+    global _logged_local
+    if not _logged_local:
+        _logged_local = True
+        logger.info('SyncSN/SyncSSN: no initialised process group with more than one process; '
+                    'the BN branch uses this process\'s batch only (same as SN/SSN).')
+
+
+class _SyncMixin:
+    """Replaces the BN branch's batch pooling by one over the process group."""
+
+    _input_ranks = (2, 3, 4, 5)  # any rank, like torch.nn.SyncBatchNorm
+
+    def _init_group(self, process_group) -> None:
+        if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
+            raise TypeError(f'process_group must be a torch.distributed.ProcessGroup or None, '
+                            f'got {type(process_group).__name__}')
+        self.process_group = process_group
+        self._numel_per_channel = 1
+
+    def _world_size(self) -> int:
+        if not (dist.is_available() and dist.is_initialized()):
+            return 1
+        return dist.get_world_size(self.process_group)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # L of this process's (N, C, L) view: ranks may hold images of different sizes
+        # (mmdet pads each batch on its own), so each rank's moments weigh N * L values.
+        self._numel_per_channel = math.prod(x.shape[2:])
+        return super().forward(x)
+
+    def _bn_pool(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor, float]:
+        """Global BN moments: every value of every process counts once.
+
+        With ``n_r`` samples of ``L_r`` values on process ``r``, the global mean is
+        ``sum_r L_r * sum_n mean_nc / sum_r n_r L_r`` and the variance follows the law
+        of total variance, ``sum_r L_r * sum_n (var_nc + (mean_nc - mean_c)^2) / total``
+        (no ``E[x^2] - E[x]^2`` cancellation).  ``count`` is ``total / L`` so that
+        ``count * L`` is the number of values the running variance's correction uses.
+        """
+        if self._world_size() == 1:
+            _log_local_once()
+            return pool_batch(mean, var)
+        group = self.process_group
+        length = float(self._numel_per_channel)
+        n = mean.shape[0]
+        # (C + 1,): L * sum_n mean_nc, then this process's number of values per channel.
+        local = torch.cat([mean.sum(0) * length, mean.new_tensor([n * length])])
+        summed = _AllReduceSum.apply(local, group)
+        total = summed[-1].detach()
+        global_mean = (summed[:-1] / total).unsqueeze(0)  # (1, C)
+        spread = (var + (mean - global_mean).square()).sum(0) * length  # (C,)
+        global_var = (_AllReduceSum.apply(spread, group) / total).unsqueeze(0)  # (1, C)
+        return global_mean, global_var, float(total) / length
+
+    def extra_repr(self) -> str:
+        group = '' if self.process_group is None else ', process_group=custom'
+        return super().extra_repr() + group
+
+
+class SyncSwitchNorm(_SyncMixin, SwitchNorm2d):
+    """Switchable Normalization whose BN branch uses the batch of all processes.
+
+    Registered as ``SyncSN``.  Same state and state-dict keys as
+    :class:`SwitchNorm2d`; accepts (N, C), (N, C, L), (N, C, H, W) or
+    (N, C, D, H, W) input like ``torch.nn.SyncBatchNorm``.
+
+    Args:
+        process_group: the group to reduce over, ``None`` for the default
+            (world) group; outside distributed runs the layer is plain SN.
+
+    Example:
+        >>> norm = SyncSwitchNorm(64)  # norm_cfg=dict(type='SyncSN') in a config
+        >>> y = norm(torch.randn(2, 64, 8, 8))  # as SwitchNorm2d without a process group
+    """
+
+    def __init__(self,
+                 num_features: int,
+                 eps: float = 1e-5,
+                 momentum: float = 0.1,
+                 affine: bool = True,
+                 normalizers: Sequence[str] = NORMALIZERS,
+                 process_group: Optional[dist.ProcessGroup] = None,
+                 device=None,
+                 dtype=None) -> None:
+        super().__init__(num_features, eps, momentum, affine, normalizers, device, dtype)
+        self._init_group(process_group)
+
+
+class SyncSparseSwitchNorm(_SyncMixin, SparseSwitchNorm2d):
+    """Sparse Switchable Normalization whose BN branch uses the batch of all processes.
+
+    Registered as ``SyncSSN``.  Same state and state-dict keys as
+    :class:`SparseSwitchNorm2d` (radius and latched choices included);
+    accepts 2D to 5D input like ``torch.nn.SyncBatchNorm``.  Every process
+    computes the same ratios from the same logits and radius, so all ranks
+    latch the same choice in the same iteration.
+
+    Args:
+        process_group: the group to reduce over, ``None`` for the default
+            (world) group; outside distributed runs the layer is plain SSN.
+    """
+
+    def __init__(self,
+                 num_features: int,
+                 eps: float = 1e-5,
+                 momentum: float = 0.1,
+                 affine: bool = True,
+                 normalizers: Sequence[str] = NORMALIZERS,
+                 mode: str = 'paper',
+                 process_group: Optional[dist.ProcessGroup] = None,
+                 device=None,
+                 dtype=None) -> None:
+        super().__init__(num_features, eps, momentum, affine, normalizers, mode, device, dtype)
+        self._init_group(process_group)
+
+
+_PLAIN_CLASSES = {
+    SwitchNorm1d: SyncSwitchNorm, SwitchNorm2d: SyncSwitchNorm, SwitchNorm3d: SyncSwitchNorm,
+    SparseSwitchNorm1d: SyncSparseSwitchNorm, SparseSwitchNorm2d: SyncSparseSwitchNorm,
+    SparseSwitchNorm3d: SyncSparseSwitchNorm
+}
+
+
+def _swap(module: _SwitchNormBase, cls: type, **extra) -> _SwitchNormBase:
+    """A layer of class ``cls`` sharing ``module``'s parameters, buffers and mode."""
+    options = dict(eps=module.eps, momentum=module.momentum, affine=module.affine,
+                   normalizers=module.normalizers, **extra)
+    if isinstance(module, _SparseSwitchNorm):
+        options['mode'] = module.mode
+    new = cls(module.num_features, device='meta', **options)
+    # Share the very tensors (as convert_sync_batchnorm does) so optimizers, requires_grad
+    # flags, latched choices and the radius carry over untouched.
+    for name, param in module._parameters.items():
+        new._parameters[name] = param
+    for name, buf in module._buffers.items():
+        new._buffers[name] = buf
+    new.train(module.training)
+    return new
+
+
+def convert_sync_switchnorm(model: nn.Module,
+                            process_group: Optional[dist.ProcessGroup] = None) -> nn.Module:
+    """Replace every SN/SSN layer of ``model`` by its synced version; returns the model.
+
+    Like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: parameters and
+    buffers are shared, not copied, and a bare layer is returned converted.
+    Already synced layers get ``process_group`` set.
+    """
+    if isinstance(model, _SyncMixin):
+        model._init_group(process_group)
+        return model
+    cls = _PLAIN_CLASSES.get(type(model))
+    if cls is not None:
+        new = _swap(model, cls, process_group=process_group)
+        new._plain_cls = type(model)  # its input rank, for revert_sync_switchnorm
+        return new
+    if isinstance(model, _SwitchNormBase):
+        raise TypeError(f'convert_sync_switchnorm: no synced version of {type(model).__name__}')
+    for name, child in model.named_children():
+        new = convert_sync_switchnorm(child, process_group)
+        if new is not child:
+            model.add_module(name, new)
+    return model
+
+
+def revert_sync_switchnorm(model: nn.Module) -> nn.Module:
+    """Replace every SyncSN/SyncSSN layer by its plain version; returns the model.
+
+    The inverse of :func:`convert_sync_switchnorm`: a converted layer gets its
+    original class (1d, 2d or 3d) back; one built as ``SyncSN``/``SyncSSN``
+    from a config becomes ``SwitchNorm2d``/``SparseSwitchNorm2d``.
+    Parameters and buffers are shared.
+    """
+    if isinstance(model, _SyncMixin):
+        default = SparseSwitchNorm2d if isinstance(model, _SparseSwitchNorm) else SwitchNorm2d
+        return _swap(model, getattr(model, '_plain_cls', default))
+    for name, child in model.named_children():
+        new = revert_sync_switchnorm(child)
+        if new is not child:
+            model.add_module(name, new)
+    return model

@@ -1,0 +1,140 @@
+"""SyncSN/SyncSSN: 2 real processes (gloo, CPU) against one process, conversion, registry."""
+import logging
+
+import pytest
+import torch
+from mmcv.cnn import build_norm_layer
+from mmengine.registry import MODELS
+from sync_workers import build_layer, ddp_latch_worker, equivalence_worker, make_state, run_layer
+from torch import multiprocessing as mp
+from torch import nn
+
+import ssn_plugins
+from ssn_plugins import (SparseSwitchNorm1d, SparseSwitchNorm2d, SwitchNorm2d, SwitchNorm3d,
+                         SyncSparseSwitchNorm, SyncSwitchNorm, convert_sync_switchnorm,
+                         revert_sync_switchnorm)
+from ssn_plugins.norm import sync as sync_module
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _spawn(fn, tmp_path, *args, nprocs=2):
+    mp.spawn(fn, args=(str(tmp_path), *args), nprocs=nprocs, join=True)
+    return [torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(nprocs)]
+
+
+@pytest.fixture(scope='module', params=[[2, 2], [1, 3]], ids=['2+2', '1+3'])
+def two_process_results(request, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp('sync')
+    return request.param, _spawn(equivalence_worker, tmp_path, request.param)
+
+
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+@pytest.mark.parametrize('sparse', [False, True], ids=['SyncSN', 'SyncSSN'])
+def test_two_processes_equal_one_process(two_process_results, sparse, training):
+    """SyncSSN on 2 processes == SSN on all 4 samples: outputs, input and parameter grads."""
+    splits, ranks = two_process_results
+    state = make_state()
+    single = run_layer(build_layer(sparse, False, state), state['x'], state['grad_out'], training)
+    parts = [r[sparse, training] for r in ranks]
+    torch.testing.assert_close(torch.cat([p['y'] for p in parts]), single['y'], **TOL)
+    torch.testing.assert_close(torch.cat([p['x_grad'] for p in parts]), single['x_grad'], **TOL)
+    for name in ('weight', 'bias', 'mean_weight', 'var_weight'):
+        # DDP sums (then averages) the per-rank gradients; the sum is the 1-process gradient.
+        summed = sum(p[f'{name}_grad'] for p in parts)
+        torch.testing.assert_close(summed, single[f'{name}_grad'], **TOL, msg=name)
+    for p in parts:  # every rank ends with the global running statistics
+        torch.testing.assert_close(p['running_mean'], single['running_mean'], **TOL)
+        torch.testing.assert_close(p['running_var'], single['running_var'], **TOL)
+    if training:  # the BN branch really saw the other rank's samples
+        local = run_layer(build_layer(sparse, False, state), state['x'][:splits[0]],
+                          state['grad_out'][:splits[0]], training)
+        assert not torch.allclose(local['y'], parts[0]['y'], atol=1e-3)
+
+
+def test_ranks_with_different_image_sizes_pool_all_values(two_process_results):
+    """A BN-only SyncSSN equals BatchNorm over the union of every rank's values."""
+    _, ranks = two_process_results
+    gen = torch.Generator().manual_seed(1)
+    xs = [torch.randn(s, generator=gen) * 3 + 1 for s in [(2, 3, 4, 4), (3, 3, 2, 5)]]
+    values = torch.cat([x.transpose(0, 1).reshape(3, -1) for x in xs], 1)  # (C, all values)
+    var, mean = torch.var_mean(values, dim=1, correction=0)
+    state = make_state()
+    for x, result in zip(xs, ranks):
+        expected = ((x - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + 1e-5) *
+                    state['weight'].view(1, -1, 1, 1) + state['bias'].view(1, -1, 1, 1))
+        torch.testing.assert_close(result['bn_only'], expected, **TOL)
+        unbiased = values.var(dim=1)
+        torch.testing.assert_close(result['bn_only_running_var'],
+                                   0.9 * state['running_var'] + 0.1 * unbiased, **TOL)
+
+
+def test_ddp_after_latching_keeps_ranks_identical(tmp_path):
+    """MMDistributedDataParallel without find_unused_parameters trains on after the layer latches."""
+    rank0, rank1 = _spawn(ddp_latch_worker, tmp_path)
+    assert int(rank0['norm.mean_choice']) >= 0 and int(rank0['norm.var_choice']) >= 0
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize('sparse', [False, True])
+def test_without_process_group_equals_plain_layer_and_logs_once(sparse, caplog, monkeypatch):
+    monkeypatch.setattr(sync_module, '_logged_local', False)
+    state = make_state()
+    with caplog.at_level(logging.INFO, logger=sync_module.__name__):
+        for _ in range(2):
+            synced = run_layer(build_layer(sparse, True, state), state['x'], state['grad_out'], True)
+    plain = run_layer(build_layer(sparse, False, state), state['x'], state['grad_out'], True)
+    for key in plain:
+        torch.testing.assert_close(synced[key], plain[key], rtol=0, atol=0, msg=key)
+    assert sum('no initialised process group' in r.getMessage() for r in caplog.records) == 1
+
+
+def _model():
+    return nn.Sequential(nn.Conv2d(3, 4, 1), SparseSwitchNorm2d(4, mode='official'),
+                         nn.Sequential(SwitchNorm2d(4, normalizers=('in', 'bn')), nn.ReLU()),
+                         SwitchNorm3d(4), SparseSwitchNorm1d(4))
+
+
+def test_convert_and_revert_share_state_and_restore_classes():
+    model = _model()
+    model[1].set_radius(1.0)
+    model[1].train()(torch.randn(2, 4, 3, 3))  # latch, so the choice must carry over
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    classes = [type(m) for m in model.modules()]
+    weight = model[1].weight
+
+    synced = convert_sync_switchnorm(model)
+    assert synced is model
+    assert [type(m) for m in model.modules() if ssn_plugins.is_switch_norm(m)] == [
+        SyncSparseSwitchNorm, SyncSwitchNorm, SyncSwitchNorm, SyncSparseSwitchNorm]
+    assert model[1].weight is weight and model[1].mode == 'official' and model[1].latched
+    assert model[2][0].normalizers == ('in', 'bn') and not model[1].training
+    assert model.state_dict().keys() == before.keys()
+    x = torch.randn(2, 4, 3, 3)
+    assert model[1](x).shape == x.shape  # no process group: runs as SSN
+
+    reverted = revert_sync_switchnorm(model)
+    assert reverted is model and [type(m) for m in model.modules()] == classes
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+
+
+def test_convert_a_bare_layer_and_reject_bad_group():
+    layer = SwitchNorm2d(4)
+    assert type(convert_sync_switchnorm(layer)) is SyncSwitchNorm
+    assert type(revert_sync_switchnorm(SyncSparseSwitchNorm(4))) is SparseSwitchNorm2d
+    with pytest.raises(TypeError, match='process_group'):
+        SyncSwitchNorm(4, process_group='world')
+
+
+def test_registered_for_configs():
+    name, layer = build_norm_layer(dict(type='SyncSSN', requires_grad=False, eps=1e-3), 8)
+    assert name == 'sn' and type(layer) is SyncSparseSwitchNorm and layer.eps == 1e-3
+    assert not layer.weight.requires_grad
+    assert MODELS.get('SyncSN') is SyncSwitchNorm
+    assert isinstance(layer, SparseSwitchNorm2d) and not isinstance(layer, nn.SyncBatchNorm)
+    with pytest.raises(TypeError):
+        build_norm_layer(dict(type='SyncSN', process_grup=None), 8)
