@@ -1,0 +1,126 @@
+"""The logic behind ``tools/train.py`` and ``tools/test.py``.
+
+Thin wrappers over mmengine's ``Runner`` that behave like mmdet's and
+mmseg's own tools, for configs of either toolkit (told apart by the
+config's ``default_scope``), plus two things those tools lack here: every
+run gets :class:`~ssn_plugins.engine.checkpoint_io.SafeCheckpointHook`, so
+its checkpoints load under torch's ``weights_only=True``, and ``--amp``
+without a GPU is a clear error instead of an assertion deep in mmengine.
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+from typing import Optional
+
+import torch
+from mmengine.config import Config
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from .checkpoint_io import add_safe_checkpoint_hook
+
+__all__ = ['TOOLKITS', 'toolkit_of', 'load_config', 'enable_amp', 'set_resume', 'build_runner',
+           'train', 'test']
+
+TOOLKITS = ('mmdet', 'mmseg')
+LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+
+
+def toolkit_of(cfg: Config) -> str:
+    """``'mmdet'`` or ``'mmseg'``, from the config's ``default_scope``."""
+    scope = cfg.get('default_scope', None)
+    if scope not in TOOLKITS:
+        raise ValueError(f'config default_scope must be one of {TOOLKITS} (inherit an mmdet:: or '
+                         f'mmseg:: base config), got {scope!r}')
+    return scope
+
+
+def load_config(config: str, cfg_options: Optional[dict] = None, work_dir: Optional[str] = None,
+                launcher: str = 'none') -> Config:
+    """Read ``config`` and apply the command-line overrides, as mmdet/mmseg ``train.py`` do.
+
+    ``work_dir`` precedence: argument, then the config's, then
+    ``./work_dirs/<config name>``.
+    """
+    if not osp.isfile(config):
+        raise FileNotFoundError(f'config file not found: {config}')
+    if launcher not in LAUNCHERS:
+        raise ValueError(f'launcher must be one of {LAUNCHERS}, got {launcher!r}')
+    cfg = Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    toolkit_of(cfg)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
+    return add_safe_checkpoint_hook(cfg)
+
+
+def enable_amp(cfg: Config) -> Config:
+    """Switch the optimizer wrapper to ``AmpOptimWrapper`` (dynamic loss scale).
+
+    mmengine's AMP wrapper needs an accelerator; on a CPU-only machine this
+    raises ``ValueError`` rather than failing later inside the Runner.
+    """
+    if not torch.cuda.is_available():
+        raise ValueError('--amp needs a CUDA GPU (mmengine AmpOptimWrapper); none is available here')
+    wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if wrapper_type not in ('OptimWrapper', 'AmpOptimWrapper'):
+        raise ValueError(f'--amp works with optim_wrapper.type OptimWrapper, got {wrapper_type!r}')
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    return cfg
+
+
+def set_resume(cfg: Config, resume: Optional[str]) -> Config:
+    """``resume=None``: no resume; ``'auto'``: the work dir's last checkpoint; else that file."""
+    if resume is None:
+        return cfg
+    if resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    else:
+        if not osp.isfile(resume):
+            raise FileNotFoundError(f'--resume checkpoint not found: {resume}')
+        cfg.resume, cfg.load_from = True, resume
+    return cfg
+
+
+def build_runner(cfg: Config) -> Runner:
+    """``Runner.from_cfg``, or the registered ``runner_type`` when the config names one."""
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def train(cfg: Config) -> Runner:
+    """Train as configured; returns the finished Runner."""
+    runner = build_runner(cfg)
+    runner.train()
+    return runner
+
+
+def test(cfg: Config, checkpoint: Optional[str]) -> dict:
+    """Evaluate ``checkpoint`` with the config's test loop; returns the metrics.
+
+    ``checkpoint=None`` evaluates the freshly initialised model (the
+    "untrained" baseline of the demo).
+    """
+    if checkpoint is not None and not osp.isfile(checkpoint):
+        raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
+    cfg.load_from = checkpoint
+    cfg.resume = False
+    runner = build_runner(cfg)
+    if checkpoint is None:
+        runner.model.init_weights()
+    metrics = runner.test()
+    return {k: float(v) if isinstance(v, (int, float)) or hasattr(v, 'item') else v
+            for k, v in metrics.items()}
+
+
+def local_rank_env(local_rank: Optional[int]) -> None:
+    """torch.distributed.launch passes ``--local-rank``; mmengine reads ``LOCAL_RANK``."""
+    if local_rank is not None and 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(local_rank)

@@ -1,0 +1,26 @@
+"""Write the synthetic shapes data set of the demo (COCO json + label maps).
+
+    python tools/make_demo_data.py data/ssn_demo [--num-train 300] [--num-val 50] [--size 192]
+"""
+import argparse
+
+from ssn_plugins.demo import make_demo_dataset
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('root', help='output folder')
+    parser.add_argument('--num-train', type=int, default=300)
+    parser.add_argument('--num-val', type=int, default=50)
+    parser.add_argument('--size', type=int, default=192, help='image side in pixels')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--overwrite', action='store_true')
+    args = parser.parse_args(argv)
+    out = make_demo_dataset(args.root, args.num_train, args.num_val, args.size, args.seed,
+                            overwrite=args.overwrite)
+    print(f"{args.root}: {len(out['train']['images'])} train / {len(out['val']['images'])} val "
+          f"images, {len(out['train']['annotations'])} train instances")
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,39 @@
+"""Train an mmdet or mmseg config (SN/SSN or not) with mmengine's Runner.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+                         [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
+"""
+import argparse
+
+from mmengine.config import DictAction
+
+from ssn_plugins.engine import launch
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a detector or segmentor')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--amp', action='store_true', help='mixed precision training (needs CUDA)')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from CKPT, or from the latest checkpoint in the work dir '
+                             'when no path is given')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. train_cfg.max_iters=100')
+    parser.add_argument('--launcher', choices=launch.LAUNCHERS, default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    launch.local_rank_env(args.local_rank)
+    cfg = launch.load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    if args.amp:
+        launch.enable_amp(cfg)
+    launch.set_resume(cfg, args.resume)
+    launch.train(cfg)
+
+
+if __name__ == '__main__':
+    main()
