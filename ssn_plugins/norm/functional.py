@@ -84,7 +84,8 @@ def switch_norm(x: Tensor,
                 training: bool = True,
                 momentum: float = 0.1,
                 eps: float = 1e-5,
-                bn_pool: BatchPool = pool_batch) -> Tensor:
+                bn_pool: BatchPool = pool_batch,
+                fused: bool = True) -> Tensor:
     """Switchable normalization of ``x`` (N, C, *).
 
     In training the BN branch uses the batch moments and, when running buffers
@@ -94,7 +95,16 @@ def switch_norm(x: Tensor,
     In eval the BN branch uses the running buffers.  ``bn_pool`` computes the
     BN branch's batch moments (synced layers pass one that reduces across
     processes).
+
+    With the default ``bn_pool`` and ``fused=True`` this runs the fused
+    Function of :mod:`.fused` (closed-form backward, saves only ``x`` and
+    per-(n, c) vectors); a custom ``bn_pool`` (synced layers) or
+    ``fused=False`` takes the plain autograd path below.
     """
+    if fused and bn_pool is pool_batch:
+        from .fused import fused_switch_norm  # fused imports this module
+        return fused_switch_norm(x, mean_ratios, var_ratios, normalizers, running_mean, running_var,
+                                 weight, bias, training, momentum, eps)
     n, c = x.shape[:2]
     x3 = x.reshape(n, c, -1)  # (N, C, L)
     with torch.autocast(x.device.type, enabled=False):

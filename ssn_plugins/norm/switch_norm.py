@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..ops.sparsestmax import SPARSESTMAX_MODES, sparsestmax
 from .functional import NORMALIZERS, pool_batch, switch_norm
+from .fused import latched_norm
 
 __all__ = [
     'SwitchNorm1d', 'SwitchNorm2d', 'SwitchNorm3d', 'SparseSwitchNorm1d',
@@ -110,20 +111,41 @@ class _SwitchNormBase(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        mean_ratios, var_ratios = self._ratios(latch=self.training)
+        default_pool = self._has_default_bn_pool()
+        choices = self._latched_choices()
+        mean_ratios, var_ratios = (None, None) if choices else self._ratios(latch=self.training)
         bias = self.bias
+        anchor = None
         if self._logits_unused() and self.training and torch.is_grad_enabled():
             # Keep the logits in the graph (zero gradient) so DDP with
             # find_unused_parameters=False does not fail once a layer latches.
             anchor = 0 * (self.mean_weight.sum() + self.var_weight.sum())
             bias = anchor if bias is None else bias + anchor
+        if choices and choices[0] == choices[1] and (default_pool or choices[0] != 'bn'):
+            # Latched (BN, BN), (IN, IN) or (LN, LN): PyTorch's own kernel.
+            affine_bias = bias if self.bias is not None else None
+            y = latched_norm(x, choices[0], self.running_mean, self.running_var, self.weight,
+                             affine_bias, self.training, self.momentum, self.eps)
+            return y if anchor is None or affine_bias is not None else y + anchor
+        if choices:
+            mean_ratios, var_ratios = self._ratios(latch=self.training)
         return switch_norm(x, mean_ratios, var_ratios, self.normalizers,
                            self.running_mean, self.running_var, self.weight, bias,
-                           self.training, self.momentum, self.eps, self._bn_pool)
+                           self.training, self.momentum, self.eps,
+                           pool_batch if default_pool else self._bn_pool)
 
     def _bn_pool(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor, int]:
         """The BN branch's batch moments; synced layers reduce across processes."""
         return pool_batch(mean, var)
+
+    def _has_default_bn_pool(self) -> bool:
+        """True unless a subclass (synced layers) replaced ``_bn_pool``: then no fast path."""
+        return (type(self)._bn_pool is _SwitchNormBase._bn_pool
+                and '_bn_pool' not in self.__dict__)
+
+    def _latched_choices(self) -> Optional[tuple[str, str]]:
+        """(mean, var) normalizer names once the selection is latched, else None."""
+        return None
 
     def _logits_unused(self) -> bool:
         return False
@@ -187,6 +209,11 @@ class _SparseSwitchNorm(_SwitchNormBase):
 
     def _logits_unused(self) -> bool:
         return self.latched
+
+    def _latched_choices(self) -> Optional[tuple[str, str]]:
+        if not self.latched:
+            return None
+        return self.normalizers[int(self.mean_choice)], self.normalizers[int(self.var_choice)]
 
     def _one_ratio(self, logits: Tensor, choice: Tensor, latch: bool) -> Tensor:
         index = int(choice)

@@ -1,0 +1,252 @@
+"""Fused switchable normalization: one autograd Function with a closed-form backward.
+
+Why: the autograd path of :func:`~ssn_plugins.norm.functional.switch_norm`
+runs a Welford ``var_mean`` (slow on CPU), several broadcast ops and saves
+their intermediates.  Here the forward reads ``x`` once for per-(n, c) sums
+(``sum`` and ``vector_norm``, both fast reductions) and once to apply
+``y = x * scale + shift`` (ATen's eval-mode batch-norm kernel on an
+``(1, N*C, L)`` view); the backward reads ``x`` and ``dy`` for two
+per-(n, c) reductions and once more to write ``dx``.  Only ``x`` and
+per-(n, c) vectors are saved, as BatchNorm saves ``x`` and per-channel ones.
+
+Float32 cancellation of ``E[x^2] - E[x]^2``: rows (n, c) whose mean is large
+against their spread (``mean^2 > 64 var``) are recomputed two-pass, in the
+forward (moments) and in the backward (``sum dy * (x - mean)``).  On CUDA
+the moments come from ``torch.var_mean`` directly (one Welford kernel, no
+host sync).  Statistics are float32 (float64 for float64 input) also under
+autocast; the output has the input dtype.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .functional import _pool, _update_running
+
+__all__ = ['fused_switch_norm', 'latched_norm']
+
+#: Rows with ``mean^2 > _ILL_CONDITIONED * var`` are recomputed two-pass.
+_ILL_CONDITIONED = 64.0
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _rows_needing_two_pass(mean: Tensor, var: Tensor) -> Tensor:
+    """Flat indices of the (n, c) rows where one-pass moments lose precision."""
+    return (mean.square() > _ILL_CONDITIONED * var).view(-1).nonzero().view(-1)
+
+
+def _moments(x3: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-(n, c) mean and biased variance of ``x3`` (N, C, L) in its own (float) dtype."""
+    if x3.is_cuda:
+        var, mean = torch.var_mean(x3, dim=-1, correction=0)
+        return mean, var
+    length = x3.shape[-1]
+    mean = x3.sum(-1).div_(length)  # (N, C)
+    var = torch.linalg.vector_norm(x3, dim=-1).square_().div_(length).sub_(mean.square())
+    var.clamp_(min=0)
+    rows = _rows_needing_two_pass(mean, var)
+    if rows.numel():
+        row_var, row_mean = torch.var_mean(x3.reshape(-1, length)[rows], dim=-1, correction=0)
+        mean.view(-1)[rows] = row_mean
+        var.view(-1)[rows] = row_var
+    return mean, var
+
+
+def _affine_rows(x3: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``x3 * scale + shift`` with per-(n, c) ``scale``/``shift`` (N, C), one pass.
+
+    ATen's eval-mode batch norm on an (1, N*C, L) view is a single fused,
+    vectorised kernel (faster than a broadcast ``addcmul`` on CPU).
+    """
+    n, c, length = x3.shape
+    ones = torch.ones(n * c, dtype=x3.dtype, device=x3.device)
+    zeros = torch.zeros(n * c, dtype=x3.dtype, device=x3.device)
+    y = torch.batch_norm(x3.reshape(1, n * c, length), scale.reshape(-1), shift.reshape(-1), zeros,
+                         ones, False, 0.0, 0.0, False)
+    return y.view(n, c, length)
+
+
+class _BranchMoments:
+    """Per-normalizer moments (each broadcastable to (N, C)) built from per-(n, c) ones."""
+
+    def __init__(self, mean_in: Tensor, var_in: Tensor, normalizers: Sequence[str],
+                 bn_moments: Optional[tuple[Tensor, Tensor]]) -> None:
+        self.moments = []
+        for name in normalizers:
+            if name == 'in':
+                self.moments.append((mean_in, var_in))
+            elif name == 'ln':
+                self.moments.append(_pool(mean_in, var_in, 1))
+            else:
+                self.moments.append(bn_moments)
+
+    def mix(self, mean_ratios: Tensor, var_ratios: Tensor) -> tuple[Tensor, Tensor]:
+        mean = sum(mean_ratios[k] * m for k, (m, _) in enumerate(self.moments))
+        var = sum(var_ratios[k] * v for k, (_, v) in enumerate(self.moments))
+        return mean, var
+
+
+class _FusedSwitchNorm(torch.autograd.Function):
+    """Forward/backward of SN with batch moments from this process (private)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, mean_ratios: Tensor, var_ratios: Tensor, weight: Optional[Tensor],
+                bias: Optional[Tensor], running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                normalizers: tuple[str, ...], training: bool, momentum: float,
+                eps: float) -> Tensor:
+        acc = _acc_dtype(x)
+        n, c = x.shape[:2]
+        x3 = x.reshape(n, c, -1)  # (N, C, L)
+        xa = x3 if x3.dtype == acc else x3.to(acc)
+        length = x3.shape[-1]
+        mean_in, var_in = _moments(xa)  # (N, C) each
+        batch_stats = 'bn' in normalizers and training
+        bn_moments = None
+        if batch_stats:
+            bn_moments = _pool(mean_in, var_in, 0)
+            if running_mean is not None:
+                _update_running(bn_moments[0], bn_moments[1], n * length, running_mean, running_var,
+                                momentum)
+        elif 'bn' in normalizers:
+            bn_moments = (running_mean.to(acc).view(1, c), running_var.to(acc).view(1, c))
+        branches = _BranchMoments(mean_in, var_in, normalizers, bn_moments)
+        mean_ratios_a, var_ratios_a = mean_ratios.to(acc), var_ratios.to(acc)
+        mean, var = branches.mix(mean_ratios_a, var_ratios_a)
+        mean, var = mean.expand(n, c), var.expand(n, c)
+        rstd = torch.rsqrt(var + eps)  # (N, C)
+        weight_a = None if weight is None else weight.to(acc)
+        scale = rstd if weight_a is None else rstd * weight_a
+        shift = -mean * scale
+        if bias is not None:
+            shift = shift + bias.to(acc)
+        y = _affine_rows(xa, scale, shift)
+
+        ctx.save_for_backward(x, mean_ratios_a, var_ratios_a, weight_a, mean_in, var_in, mean, rstd)
+        ctx.normalizers = normalizers
+        ctx.batch_stats = batch_stats
+        ctx.bn_moments = None if batch_stats else bn_moments  # running stats (eval) or None
+        ctx.dtypes = (mean_ratios.dtype, var_ratios.dtype, None if weight is None else weight.dtype,
+                      None if bias is None else bias.dtype)
+        return y.to(x.dtype).view(x.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Tensor):
+        x, mean_ratios, var_ratios, weight, mean_in, var_in, mean, rstd = ctx.saved_tensors
+        need_x, need_p, need_q, need_w, need_b = ctx.needs_input_grad[:5]
+        acc = mean.dtype
+        n, c = x.shape[:2]
+        x3 = x.reshape(n, c, -1)
+        xa = x3 if x3.dtype == acc else x3.to(acc)
+        g3 = grad_y.reshape(n, c, -1)
+        g3 = g3 if g3.dtype == acc else g3.to(acc)
+        length = x3.shape[-1]
+
+        sum_g = g3.sum(-1)  # (N, C): sum_l dy
+        sum_gx = None  # (N, C): sum_l dy * x_hat
+        if need_x or need_p or need_q or need_w:
+            if xa.is_cuda:
+                sum_gx = torch.linalg.vecdot(g3, xa - mean.unsqueeze(-1), dim=-1)
+            else:
+                sum_gx = torch.linalg.vecdot(g3, xa, dim=-1).sub_(mean * sum_g)
+                rows = _rows_needing_two_pass(mean, rstd.pow(-2))
+                if rows.numel():
+                    centred = xa.reshape(-1, length)[rows] - mean.view(-1)[rows].unsqueeze(-1)
+                    sum_gx.view(-1)[rows] = torch.linalg.vecdot(
+                        g3.reshape(-1, length)[rows], centred, dim=-1)
+            sum_gx = sum_gx * rstd
+
+        grad_x = grad_p = grad_q = grad_w = grad_b = None
+        if need_b:
+            grad_b = sum_g.sum(0).to(ctx.dtypes[3])
+        if need_w:
+            grad_w = sum_gx.sum(0).to(ctx.dtypes[2])
+        if not (need_x or need_p or need_q):
+            return grad_x, grad_p, grad_q, grad_w, grad_b, None, None, None, None, None, None
+
+        gain = rstd if weight is None else rstd * weight  # (N, C): d y / d x_hat * rstd
+        grad_mean = -gain * sum_g  # dL/d mean (mixed), (N, C)
+        grad_var = -0.5 * gain * rstd * sum_gx  # dL/d var (mixed), (N, C)
+        bn_moments = _pool(mean_in, var_in, 0) if ctx.batch_stats else ctx.bn_moments
+        branches = _BranchMoments(mean_in, var_in, ctx.normalizers, bn_moments)
+        if need_p:
+            grad_p = torch.stack([(grad_mean * m).sum() for m, _ in branches.moments])
+            grad_p = grad_p.to(ctx.dtypes[0])
+        if need_q:
+            grad_q = torch.stack([(grad_var * v).sum() for _, v in branches.moments])
+            grad_q = grad_q.to(ctx.dtypes[1])
+        if need_x:
+            # dL/d mean_in and dL/d var_in through every branch that pools them.
+            grad_m = torch.zeros_like(mean)
+            grad_v = torch.zeros_like(mean)
+            for k, name in enumerate(ctx.normalizers):
+                if name == 'in':
+                    grad_m = grad_m + mean_ratios[k] * grad_mean
+                    grad_v = grad_v + var_ratios[k] * grad_var
+                elif name == 'ln' or ctx.batch_stats:
+                    dim = 1 if name == 'ln' else 0
+                    pooled_mean = branches.moments[k][0]
+                    grad_var_pooled = var_ratios[k] * grad_var.mean(dim, keepdim=True)
+                    grad_m = (grad_m + mean_ratios[k] * grad_mean.mean(dim, keepdim=True) +
+                              2 * grad_var_pooled * (mean_in - pooled_mean))
+                    grad_v = grad_v + grad_var_pooled
+            # dx = gain * dy + grad_m / L + grad_v * 2 (x - mean_in) / L
+            coef_x = grad_v * (2.0 / length)
+            const = grad_m / length - coef_x * mean_in
+            grad_x = _affine_rows(xa, coef_x, const).addcmul_(g3, gain.unsqueeze(-1))
+            grad_x = grad_x.to(x.dtype).view(x.shape)
+        return grad_x, grad_p, grad_q, grad_w, grad_b, None, None, None, None, None, None
+
+
+def fused_switch_norm(x: Tensor,
+                      mean_ratios: Tensor,
+                      var_ratios: Tensor,
+                      normalizers: Sequence[str],
+                      running_mean: Optional[Tensor] = None,
+                      running_var: Optional[Tensor] = None,
+                      weight: Optional[Tensor] = None,
+                      bias: Optional[Tensor] = None,
+                      training: bool = True,
+                      momentum: float = 0.1,
+                      eps: float = 1e-5) -> Tensor:
+    """Same contract as :func:`switch_norm` with the default ``bn_pool`` (this process's batch)."""
+    if 'bn' in normalizers and not training and running_mean is None:
+        raise ValueError('fused_switch_norm: eval mode with a BN branch needs running_mean/running_var')
+    with torch.autocast(x.device.type, enabled=False):
+        y = _FusedSwitchNorm.apply(x, mean_ratios, var_ratios, weight, bias, running_mean, running_var,
+                                   tuple(normalizers), training, momentum, eps)
+    return y
+
+
+def latched_norm(x: Tensor,
+                 choice: str,
+                 running_mean: Optional[Tensor],
+                 running_var: Optional[Tensor],
+                 weight: Optional[Tensor],
+                 bias: Optional[Tensor],
+                 training: bool,
+                 momentum: float,
+                 eps: float) -> Tensor:
+    """A layer latched on one normalizer for both mean and variance, on PyTorch's kernel.
+
+    ``'bn'`` is ``F.batch_norm`` (updates the running buffers in training, as
+    the dense path does); ``'in'`` is ``F.instance_norm`` and ``'ln'``
+    ``F.group_norm`` with one group (neither touches running buffers, which
+    such a layer never reads).
+    """
+    if choice == 'bn':
+        return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    if choice == 'in':
+        n, c = x.shape[:2]
+        return F.instance_norm(x.reshape(n, c, -1), None, None, weight, bias, True, 0.0,
+                               eps).view(x.shape)
+    if choice == 'ln':
+        return F.group_norm(x, 1, weight, bias, eps)
+    raise ValueError(f"latched_norm: choice must be 'in', 'ln' or 'bn', got {choice!r}")
