@@ -11,6 +11,7 @@ from .norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d, S
 from .norm import (SyncSparseSwitchNorm, SyncSwitchNorm, convert_sync_switchnorm,
                    revert_sync_switchnorm)
 from .ops import sparsemax, sparsestmax
+from .deploy import collapse_norms
 
 __version__ = '0.1.0'
 
@@ -18,5 +19,6 @@ __all__ = [
     'sparsemax', 'sparsestmax', 'SwitchNorm1d', 'SwitchNorm2d', 'SwitchNorm3d',
     'SparseSwitchNorm1d', 'SparseSwitchNorm2d', 'SparseSwitchNorm3d', 'is_switch_norm',
     'SSNRadiusHook', 'SwitchNormEvalHook', 'apply_norm_eval',
-    'SyncSwitchNorm', 'SyncSparseSwitchNorm', 'convert_sync_switchnorm', 'revert_sync_switchnorm'
+    'SyncSwitchNorm', 'SyncSparseSwitchNorm', 'convert_sync_switchnorm', 'revert_sync_switchnorm',
+    'collapse_norms'
 ]
