@@ -109,7 +109,8 @@ def ddp_latch_worker(rank: int, out_dir: str) -> None:
     torch.manual_seed(0)
     net = Net()
     net.norm.set_radius(1.0)  # one-hot at once: latched from the first forward on
-    model = MMDistributedDataParallel(net, find_unused_parameters=False)
+    # As mmengine's Runner: buffers are not broadcast, so equal running stats show the sync.
+    model = MMDistributedDataParallel(net, broadcast_buffers=False, find_unused_parameters=False)
     optim = torch.optim.SGD(model.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(10 + rank)  # different data per rank
     for _ in range(3):

@@ -1,5 +1,6 @@
 from .checkpoint_io import SafeCheckpointHook
+from .distributed import CPUDistributedDataParallel, setup_cpu_distributed
 from .hooks import SSNRadiusHook, SwitchNormEvalHook, apply_norm_eval, radius_at
 
 __all__ = ['SSNRadiusHook', 'SwitchNormEvalHook', 'apply_norm_eval', 'radius_at',
-           'SafeCheckpointHook']
+           'SafeCheckpointHook', 'CPUDistributedDataParallel', 'setup_cpu_distributed']

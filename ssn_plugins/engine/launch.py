@@ -19,6 +19,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from .checkpoint_io import add_safe_checkpoint_hook
+from .distributed import setup_cpu_distributed
 
 __all__ = ['TOOLKITS', 'toolkit_of', 'load_config', 'enable_amp', 'set_resume', 'build_runner',
            'train', 'test']
@@ -90,6 +91,7 @@ def set_resume(cfg: Config, resume: Optional[str]) -> Config:
 
 def build_runner(cfg: Config) -> Runner:
     """``Runner.from_cfg``, or the registered ``runner_type`` when the config names one."""
+    setup_cpu_distributed(cfg)  # torchrun on CPUs: gloo, DDP without device ids
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)

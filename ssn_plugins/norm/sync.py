@@ -83,6 +83,13 @@ class _SyncMixin:
         self._numel_per_channel = math.prod(x.shape[2:])
         return super().forward(x)
 
+    def _has_default_bn_pool(self) -> bool:
+        """With one process the plain layer's pooling (and its fast paths) is exact."""
+        if self._world_size() > 1:
+            return False
+        _log_local_once()
+        return True
+
     def _bn_pool(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor, float]:
         """Global BN moments: every value of every process counts once.
 
