@@ -1,7 +1,8 @@
 """Deployment: replace settled SN/SSN layers by plain PyTorch norms, then fold BN into convs.
 
 Once an SSN layer has latched (or an SN layer's ratios are exactly one-hot),
-it *is* a BatchNorm, an InstanceNorm or a GroupNorm(1, C).
+it *is* a BatchNorm, an InstanceNorm (GroupNorm(C, C)) or a LayerNorm over
+(C, H, W) (GroupNorm(1, C)).
 :func:`collapse_norms` swaps in that module (same parameters and running
 statistics), so inference runs PyTorch's kernels and every tool that knows
 those layers (``fuse_conv_bn``, FLOP counters, ONNX export) sees them.  Mixed
@@ -11,22 +12,27 @@ are left alone, with a log line saying why.
 """
 from __future__ import annotations
 
+import copy
 import logging
-from typing import Optional
+import os
+from typing import Optional, Sequence, Union
 
 import torch
+from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.model.utils import _BatchNormXd
+from mmengine.registry import MODELS, init_default_scope
+from mmengine.runner import load_checkpoint
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .norm.switch_norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
                                _SparseSwitchNorm, _SwitchNormBase)
 
-__all__ = ['collapse_norms', 'plain_norm', 'fold_conv_bn']
+__all__ = ['collapse_norms', 'collapse_plan', 'plain_norm', 'fold_conv_bn', 'build_collapsed',
+           'deploy_checkpoint']
 
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_IN = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}  # InstanceNorm1d takes (N, C) as unbatched
 _SSN = {1: SparseSwitchNorm1d, 2: SparseSwitchNorm2d, 3: SparseSwitchNorm3d}
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _RANKS = {(2, 3): 1, (4,): 2, (5,): 3}
@@ -47,6 +53,17 @@ def _choices(layer: _SwitchNormBase) -> Optional[tuple[int, int]]:
     return None
 
 
+def collapse_plan(model: nn.Module) -> dict[str, list[int]]:
+    """``{layer name: [mean index, var index]}`` for every settled SN/SSN layer of ``model``."""
+    plan = {}
+    for name, module in model.named_modules():
+        if isinstance(module, _SwitchNormBase):
+            choices = _choices(module)
+            if choices is not None:
+                plan[name] = list(choices)
+    return plan
+
+
 def _copy_affine(src: _SwitchNormBase, dst: nn.Module) -> nn.Module:
     if src.affine:
         dst.weight.data.copy_(src.weight.detach())
@@ -54,9 +71,13 @@ def _copy_affine(src: _SwitchNormBase, dst: nn.Module) -> nn.Module:
     return dst.to(device=src.mean_weight.device, dtype=src.mean_weight.dtype).train(src.training)
 
 
-def plain_norm(layer: _SwitchNormBase) -> Optional[nn.Module]:
-    """The plain module equal to a settled SN/SSN ``layer``, or None if it has not settled."""
-    choices = _choices(layer)
+def plain_norm(layer: _SwitchNormBase,
+               choices: Optional[Sequence[int]] = None) -> Optional[nn.Module]:
+    """The plain module equal to a settled SN/SSN ``layer``, or None if it has not settled.
+
+    ``choices`` (mean index, var index) overrides what the layer says it settled on.
+    """
+    choices = _choices(layer) if choices is None else tuple(choices)
     if choices is None:
         return None
     mean_name, var_name = (layer.normalizers[i] for i in choices)
@@ -66,12 +87,18 @@ def plain_norm(layer: _SwitchNormBase) -> Optional[nn.Module]:
         bn.running_mean.copy_(layer.running_mean)
         bn.running_var.copy_(layer.running_var)
         return _copy_affine(layer, bn)
-    if mean_name == var_name == 'in' and rank in _IN:
-        return _copy_affine(layer, _IN[rank](c, eps=layer.eps, affine=layer.affine))
+    if mean_name == var_name == 'in':
+        # GroupNorm(C, C) is InstanceNorm with affine; InstanceNorm*d rejects 1x1 maps (PSPNet's
+        # pooling branch) and takes (N, C) input as unbatched.
+        return _copy_affine(layer, nn.GroupNorm(c, c, eps=layer.eps, affine=layer.affine))
     if mean_name == var_name == 'ln':
         return _copy_affine(layer, nn.GroupNorm(1, c, eps=layer.eps, affine=layer.affine))
     if isinstance(layer, _SparseSwitchNorm) or rank is None:
-        return layer  # latched (or synced SN): its forward already gives the plain result: its forward computes just the two statistics
+        # Latched SSN (or a synced SN): its forward already computes just what it needs.
+        if isinstance(layer, _SparseSwitchNorm):
+            layer.mean_choice.fill_(choices[0])
+            layer.var_choice.fill_(choices[1])
+        return layer
     # An SN layer with one-hot mixed ratios: the compact equivalent is a latched SSN layer.
     compact = _SSN[rank](c, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
                          normalizers=layer.normalizers)
@@ -109,7 +136,9 @@ def fold_conv_bn(module: nn.Module) -> int:
     return folded
 
 
-def collapse_norms(model: nn.Module, fuse_conv: bool = True) -> nn.Module:
+def collapse_norms(model: nn.Module,
+                   fuse_conv: bool = True,
+                   plan: Optional[dict[str, Sequence[int]]] = None) -> nn.Module:
     """Replace settled SN/SSN layers of ``model`` by plain norms (in place) and return it.
 
     Args:
@@ -117,6 +146,9 @@ def collapse_norms(model: nn.Module, fuse_conv: bool = True) -> nn.Module:
         fuse_conv: then fold each BatchNorm (collapsed or original) into the
             convolution right before it.  Needs ``model.eval()`` first, since
             folding freezes the running statistics.
+        plan: collapse exactly these layers (see :func:`collapse_plan`) and
+            no others; used to rebuild a deployed model's structure before
+            loading its weights (:func:`build_collapsed`).
 
     Example:
         >>> model = collapse_norms(model.eval())  # after training with SSNRadiusHook
@@ -132,7 +164,10 @@ def collapse_norms(model: nn.Module, fuse_conv: bool = True) -> nn.Module:
             if not isinstance(child, _SwitchNormBase):
                 continue
             full_name = f'{parent_name}.{name}' if parent_name else name
-            replacement = plain_norm(child)
+            if plan is not None and full_name not in plan:
+                replacement = None
+            else:
+                replacement = plain_norm(child, None if plan is None else plan[full_name])
             if replacement is None:
                 mean_ratios, var_ratios = child.ratios()
                 print_log(f'collapse_norms: left {full_name} ({type(child).__name__}) as is: its '
@@ -148,3 +183,64 @@ def collapse_norms(model: nn.Module, fuse_conv: bool = True) -> nn.Module:
     summary = ', '.join(f'{k}: {v}' for k, v in sorted(counts.items())) or 'no SN/SSN layers'
     print_log(f'collapse_norms: {summary}; {folded} BatchNorm folded into convs', logger='current')
     return model
+
+
+def build_collapsed(model: dict,
+                    plan: dict[str, Sequence[int]],
+                    fuse_conv: bool = True,
+                    data_preprocessor: Optional[dict] = None) -> nn.Module:
+    """Build ``model`` (a config dict) and give it the structure :func:`collapse_norms` left.
+
+    Registered as ``CollapsedNorms`` in mmengine's root ``MODELS``: the config
+    ``tools/deploy.py`` writes wraps the original model in it, so the test
+    tools build the collapsed structure and then load the deployed weights.
+    """
+    if data_preprocessor is not None:  # mmengine's Runner merges the top-level one in
+        model = dict(model)
+        model.setdefault('data_preprocessor', data_preprocessor)
+    built = MODELS.build(model).eval()
+    layers = {n for n, m in built.named_modules() if isinstance(m, _SwitchNormBase)}
+    unknown = sorted(set(plan) - layers)
+    if unknown:
+        raise ValueError(f'CollapsedNorms: plan names layers that are not SN/SSN in this model: '
+                         f'{unknown[:5]}')
+    with torch.no_grad():
+        return collapse_norms(built, fuse_conv, plan={k: tuple(v) for k, v in plan.items()})
+
+
+MODELS.register_module('CollapsedNorms', module=build_collapsed)
+
+
+def deploy_checkpoint(config: Union[str, Config],
+                      checkpoint: str,
+                      out: str,
+                      fuse_conv: bool = True) -> tuple[str, str]:
+    """Collapse a trained checkpoint of ``config``; write ``out`` and a config beside it.
+
+    Returns ``(checkpoint_path, config_path)``: ``out`` holds the collapsed
+    ``state_dict`` (plain tensors, loads with ``weights_only=True``) and
+    ``out`` with the suffix ``.py`` a config whose model is
+    ``CollapsedNorms(original model, plan)``, so
+    ``tools/test.py OUT.py OUT`` evaluates the deployed network.
+    """
+    cfg = config if isinstance(config, Config) else Config.fromfile(config)
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    model = MODELS.build(cfg.model)
+    loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=True,
+                             logger='current')
+    model.eval()
+    plan = collapse_plan(model)
+    collapse_norms(model, fuse_conv)
+    meta = {}
+    if isinstance(loaded, dict) and isinstance(loaded.get('meta'), dict) and \
+            'dataset_meta' in loaded['meta']:
+        meta['dataset_meta'] = loaded['meta']['dataset_meta']
+    out_dir = os.path.dirname(os.path.abspath(out))
+    os.makedirs(out_dir, exist_ok=True)
+    torch.save({'state_dict': model.state_dict(), 'meta': meta}, out)
+    deployed = copy.deepcopy(cfg)
+    deployed.model = dict(type='CollapsedNorms', model=cfg.model.to_dict(), plan=plan,
+                          fuse_conv=fuse_conv)
+    config_path = os.path.splitext(out)[0] + '.py'
+    deployed.dump(config_path)
+    return out, config_path

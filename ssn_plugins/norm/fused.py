@@ -237,16 +237,14 @@ def latched_norm(x: Tensor,
     """A layer latched on one normalizer for both mean and variance, on PyTorch's kernel.
 
     ``'bn'`` is ``F.batch_norm`` (updates the running buffers in training, as
-    the dense path does); ``'in'`` is ``F.instance_norm`` and ``'ln'``
-    ``F.group_norm`` with one group (neither touches running buffers, which
-    such a layer never reads).
+    the dense path does); ``'in'`` is ``F.group_norm`` with C groups and
+    ``'ln'`` with one group (neither touches running buffers, which such a
+    layer never reads).
     """
     if choice == 'bn':
         return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
-    if choice == 'in':
-        n, c = x.shape[:2]
-        return F.instance_norm(x.reshape(n, c, -1), None, None, weight, bias, True, 0.0,
-                               eps).view(x.shape)
+    if choice == 'in':  # GroupNorm(C, C): unlike instance_norm it accepts 1x1 maps
+        return F.group_norm(x, x.shape[1], weight, bias, eps)
     if choice == 'ln':
         return F.group_norm(x, 1, weight, bias, eps)
     raise ValueError(f"latched_norm: choice must be 'in', 'ln' or 'bn', got {choice!r}")

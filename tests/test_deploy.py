@@ -1,0 +1,173 @@
+"""collapse_norms: settled SN/SSN layers become plain modules, outputs unchanged."""
+import os
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import MODELS, init_default_scope
+from mmengine.runner import load_checkpoint
+from torch import nn
+
+import ssn_plugins.deploy as deploy
+from ssn_plugins import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d, SwitchNorm2d,
+                         collapse_norms, is_switch_norm)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHOICES = [('bn', 'bn'), ('in', 'in'), ('ln', 'ln'), ('bn', 'in'), ('ln', 'bn')]
+
+
+def _settle(model, choices=CHOICES):
+    """Latch every SSN layer (cycling through ``choices``) with non-trivial statistics."""
+    k = 0
+    for module in model.modules():
+        if is_switch_norm(module):
+            mean, var = choices[k % len(choices)]
+            k += 1
+            module.mean_choice.fill_(module.normalizers.index(mean))
+            module.var_choice.fill_(module.normalizers.index(var))
+            with torch.no_grad():
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+@pytest.mark.parametrize('choice,expected', [(('bn', 'bn'), nn.BatchNorm2d),
+                                             (('in', 'in'), nn.GroupNorm),
+                                             (('ln', 'ln'), nn.GroupNorm),
+                                             (('in', 'bn'), SparseSwitchNorm2d)])
+def test_each_choice_becomes_the_plain_module(choice, expected):
+    model = _settle(nn.Sequential(SparseSwitchNorm2d(6)), [choice]).eval()
+    x = torch.randn(3, 6, 5, 5)
+    y = model(x)
+    collapse_norms(model, fuse_conv=False)
+    assert type(model[0]) is expected
+    torch.testing.assert_close(model(x), y, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('cls,shape', [(SparseSwitchNorm1d, (4, 6)), (SparseSwitchNorm1d, (4, 6, 3)),
+                                       (SparseSwitchNorm3d, (2, 6, 3, 3, 3))])
+@pytest.mark.parametrize('choice', CHOICES)
+def test_other_ranks(cls, shape, choice):
+    model = _settle(nn.Sequential(cls(6)), [choice]).eval()
+    x = torch.randn(shape)
+    y = model(x)
+    collapse_norms(model, fuse_conv=False)
+    torch.testing.assert_close(model(x), y, atol=1e-5, rtol=1e-5)
+
+
+def test_one_hot_sn_collapses_and_soft_sn_is_left_with_a_log_line(monkeypatch):
+    messages = []
+    monkeypatch.setattr(deploy, 'print_log', lambda msg, **kw: messages.append(msg))
+    model = nn.Sequential(SwitchNorm2d(4), SwitchNorm2d(4), SparseSwitchNorm2d(4)).eval()
+    with torch.no_grad():
+        model[0].mean_weight.copy_(torch.tensor([0.0, 0.0, 200.0]))  # softmax exactly one-hot
+        model[0].var_weight.copy_(torch.tensor([200.0, 0.0, 0.0]))
+    x = torch.randn(2, 4, 3, 3)
+    y = model(x)
+    collapse_norms(model, fuse_conv=False)
+    assert type(model[0]) is SparseSwitchNorm2d and model[0].latched  # (BN, IN): compact layer
+    assert type(model[1]) is SwitchNorm2d and type(model[2]) is SparseSwitchNorm2d
+    assert not model[2].latched
+    torch.testing.assert_close(model(x), y, atol=1e-5, rtol=1e-5)
+    left = [m for m in messages if 'left' in m]
+    assert len(left) == 2 and "left 1 (SwitchNorm2d)" in left[0] and 'not one-hot' in left[0]
+
+
+def test_fuse_conv_requires_eval():
+    with pytest.raises(ValueError, match='eval'):
+        collapse_norms(nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)))
+
+
+def test_fold_conv_bn_pairs_only_adjacent_conv_bn():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1),
+                          nn.ReLU(), nn.BatchNorm2d(4), nn.Conv1d(4, 4, 1),
+                          nn.BatchNorm1d(4, affine=False))
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    model.eval()
+    x = torch.randn(2, 3, 6, 6)
+    head, tail = model[:6], model[6:]
+    y_head, y_tail = head(x), tail(torch.randn(2, 4, 5))
+    assert deploy.fold_conv_bn(head) == 1  # conv, ReLU, BN is not folded
+    assert isinstance(head[1], nn.Identity) and isinstance(head[5], nn.BatchNorm2d)
+    torch.testing.assert_close(head(x), y_head, atol=1e-5, rtol=1e-5)
+    assert deploy.fold_conv_bn(tail) == 1  # Conv1d + BN without affine
+
+
+def test_fold_skips_norm_before_conv_in_convmodule():
+    from mmcv.cnn import ConvModule
+    module = ConvModule(4, 4, 1, norm_cfg=dict(type='BN'), order=('norm', 'conv', 'act')).eval()
+    assert deploy.fold_conv_bn(module) == 0
+
+
+def _build(config, scope):
+    cfg = Config.fromfile(os.path.join(ROOT, config))
+    init_default_scope(scope)
+    return cfg, MODELS.build(cfg.model)
+
+
+def test_mask_rcnn_collapsed_outputs_equal():
+    from mmdet.testing import demo_mm_inputs
+    torch.manual_seed(0)
+    _, model = _build('configs/demo/mask-rcnn_r18-ssn_fpn_demo.py', 'mmdet')
+    model = _settle(model).eval()
+    data = model.data_preprocessor(demo_mm_inputs(1, (3, 128, 160), with_mask=True), False)
+    with torch.no_grad():
+        feats = model.extract_feat(data['inputs'])
+        rpn_logits = model.rpn_head(feats)[0]
+        before = model.predict(data['inputs'], data['data_samples'])[0].pred_instances
+        collapse_norms(model)
+        assert not any(is_switch_norm(m) and not m.latched for m in model.modules())
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # all folded
+        feats_after = model.extract_feat(data['inputs'])
+        for a, b in zip(list(feats_after) + list(model.rpn_head(feats_after)[0]),
+                        list(feats) + list(rpn_logits)):
+            assert (a - b).abs().max() <= 1e-4
+        after = model.predict(data['inputs'], data['data_samples'])[0].pred_instances
+    assert len(before) == len(after) > 0
+    assert torch.equal(before.labels, after.labels)
+    torch.testing.assert_close(after.scores, before.scores, atol=1e-4, rtol=0)
+    torch.testing.assert_close(after.bboxes, before.bboxes, atol=1e-3, rtol=0)
+
+
+def _seg_inputs(model):
+    from mmseg.structures import SegDataSample
+    sample = SegDataSample(metainfo=dict(img_shape=(96, 96), ori_shape=(96, 96), pad_shape=(96, 96)))
+    data = dict(inputs=[torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8)],
+                data_samples=[sample])
+    return model.data_preprocessor(data, False)
+
+
+def test_pspnet_deploy_tool_round_trip(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import deploy as deploy_tool  # tools/deploy.py
+    sys.path.pop(0)
+    torch.manual_seed(0)
+    config = os.path.join(ROOT, 'configs/demo/pspnet_r18-ssn_demo.py')
+    _, model = _build(config, 'mmseg')
+    model = _settle(model).eval()
+    checkpoint = str(tmp_path / 'trained.pth')
+    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': {'classes': ['a']}}},
+               checkpoint)
+    data = _seg_inputs(model)
+    with torch.no_grad():
+        before = model.predict(data['inputs'], data['data_samples'])[0].seg_logits.data
+
+    deploy_tool.main([config, checkpoint, str(tmp_path / 'deployed.pth')])
+    cfg = Config.fromfile(str(tmp_path / 'deployed.py'))
+    init_default_scope('mmseg')
+    deployed = MODELS.build(dict(cfg.model, data_preprocessor=cfg.get('data_preprocessor')))
+    saved = torch.load(tmp_path / 'deployed.pth', weights_only=True)
+    assert saved['meta']['dataset_meta'] == {'classes': ['a']}
+    load_checkpoint(deployed, str(tmp_path / 'deployed.pth'), strict=True)
+    deployed.eval()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
+    with torch.no_grad():
+        after = deployed.predict(data['inputs'], data['data_samples'])[0].seg_logits.data
+    assert (after - before).abs().max() <= 1e-4
