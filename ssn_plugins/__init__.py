@@ -11,6 +11,8 @@ from .norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d, S
 from .norm import (SyncSparseSwitchNorm, SyncSwitchNorm, convert_sync_switchnorm,
                    revert_sync_switchnorm)
 from .ops import sparsemax, sparsestmax
+from .checkpoint import (ResNetReleasedStem, SwitchNormPretrained, convert_checkpoint,
+                         use_released_stem)
 from .deploy import collapse_norms
 
 __version__ = '0.1.0'
@@ -20,5 +22,6 @@ __all__ = [
     'SparseSwitchNorm1d', 'SparseSwitchNorm2d', 'SparseSwitchNorm3d', 'is_switch_norm',
     'SSNRadiusHook', 'SwitchNormEvalHook', 'apply_norm_eval',
     'SyncSwitchNorm', 'SyncSparseSwitchNorm', 'convert_sync_switchnorm', 'revert_sync_switchnorm',
-    'collapse_norms'
+    'collapse_norms',
+    'SwitchNormPretrained', 'ResNetReleasedStem', 'convert_checkpoint', 'use_released_stem'
 ]

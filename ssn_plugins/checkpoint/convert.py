@@ -1,0 +1,197 @@
+"""Convert released SN/SSN and BN ResNet v1 ImageNet checkpoints for mmdet/mmseg ResNet.
+
+The released SN/SSN layers store ``weight``/``bias`` as (1, C, 1, 1) and running
+statistics as (1, C, 1), and SSN marks a latched selection with
+``mean_fixed``/``var_fixed`` flags next to one-hot logits.  The layers here use
+(C,) tensors, a scalar ``radius`` and ``mean_choice``/``var_choice`` indices
+(-1 = free).  The converted file is ``{'meta': ..., 'state_dict': ...}`` with
+plain tensors only, so it loads with ``torch.load(weights_only=True)`` and
+through ``init_cfg=dict(type='SwitchNormPretrained' or 'Pretrained', checkpoint=DST)``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from .layout import ConversionError, ResNetLayout, parse_resnet_v1
+
+__all__ = ['load_source', 'extract_state_dict', 'convert_state_dict', 'convert_checkpoint',
+           'RELEASED_SSN_STEM', 'TORCHVISION_STEM']
+
+CONVERTER = 'ssn_plugins.checkpoint.convert_checkpoint'
+# max-pool of the stem: released SSN models used padding 0 with ceil_mode, everything else padding 1
+RELEASED_SSN_STEM = dict(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+TORCHVISION_STEM = dict(kernel_size=3, stride=2, padding=1, ceil_mode=False)
+# classifier heads: torchvision/released `fc`, mmcls/mmpretrain `head`
+_CLASSIFIER = re.compile(r'^(fc|head|classifier)\.')
+_MOMENTUM_NOTE = {
+    'ssn': dict(released=0.997, pytorch=0.003,
+                note='the released SSN2d keeps 0.997 of the running statistics per step, i.e. '
+                     'PyTorch momentum 0.003; set norm_cfg=dict(type=..., momentum=0.003) to update them '
+                     'at the released rate (this package defaults to 0.1)'),
+    'sn': dict(released='0.997 (2018 code) or 0.9 (2019 devkit)', pytorch='0.003 or 0.1',
+               note='the released SwitchNorm2d keeps `momentum` of the running statistics per step; '
+                    'PyTorch momentum is 1 - that; this package defaults to 0.1'),
+    'bn': dict(released=0.1, pytorch=0.1, note='BatchNorm sources already use the PyTorch convention'),
+}
+
+
+def load_source(path: str, map_location: str = 'cpu') -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that say what is wrong with the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint file not found: {path}')
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        unsafe = re.search(r'Unsupported global: GLOBAL (\S+)', str(err))
+        if unsafe:
+            raise ValueError(
+                f'{path} holds a Python object ({unsafe.group(1)}) that torch.load(weights_only=True) '
+                f'refuses to unpickle. If you trust the file, re-save its weights only: '
+                f'torch.save(torch.load(SRC, weights_only=False)["state_dict"], NEW)') from err
+        raise ValueError(f'{path} is not a readable PyTorch checkpoint (corrupted or truncated?): '
+                         f'{str(err).splitlines()[-1][:200]}') from err
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
+        raise ValueError(f'{path} is not a readable PyTorch checkpoint (corrupted or truncated?): '
+                         f'{type(err).__name__}: {err}') from err
+
+
+def extract_state_dict(checkpoint: Any, where: str = 'checkpoint') -> 'OrderedDict[str, Tensor]':
+    """The weights of a checkpoint: ``checkpoint['state_dict']`` or the dict itself, ``module.`` stripped."""
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f'{where} holds a {type(checkpoint).__name__}, expected a dict of tensors')
+    sd = checkpoint.get('state_dict', checkpoint)
+    if sd is checkpoint and not all(isinstance(v, Tensor) for v in sd.values()):
+        # training snapshots name their weights 'state_dict' (released) or 'model' (Detectron)
+        sd = checkpoint.get('model', checkpoint)
+    if not isinstance(sd, Mapping) or not sd:
+        raise ValueError(f'{where} has no state dict; top-level keys: {sorted(map(str, checkpoint))}')
+    not_tensors = sorted(k for k, v in sd.items() if not isinstance(v, Tensor))
+    if not_tensors:
+        raise ValueError(f'{where}: state dict entries that are not tensors: {not_tensors[:20]}')
+    out = OrderedDict()
+    for key, value in sd.items():
+        out[re.sub(r'^module\.', '', key)] = value
+    return out
+
+
+def _strip_backbone(sd: 'OrderedDict[str, Tensor]') -> tuple['OrderedDict[str, Tensor]', list[str]]:
+    """Drop the classifier; mmcls/mmpretrain files keep the ResNet under ``backbone.``."""
+    if any(k.startswith('backbone.') for k in sd):
+        sd = OrderedDict((k, v) for k, v in sd.items() if not k.startswith('backbone.') or True)
+        sd = OrderedDict((k[len('backbone.'):] if k.startswith('backbone.') else k, v) for k, v in sd.items())
+    dropped = [k for k in sd if _CLASSIFIER.match(k) or k.endswith('.num_batches_tracked')]
+    for k in dropped:
+        del sd[k]
+    return sd, dropped
+
+
+def _norm_tensors(sd: Mapping[str, Tensor], src: str, layout: ResNetLayout, target: str,
+                  bn_logits: Tensor, stats: dict) -> 'OrderedDict[str, Tensor]':
+    """The converted entries of the norm layer ``src`` (released name), in this package's layout."""
+    c = sd[f'{src}.weight'].numel()
+    out = OrderedDict()
+    for name in ('weight', 'bias', 'running_mean', 'running_var'):
+        if f'{src}.{name}' in sd:
+            # released (1, C, 1, 1) / (1, C, 1) -> (C,); untrained running_var 0 is kept as stored
+            out[name] = sd[f'{src}.{name}'].detach().reshape(c).clone()
+    if layout.kind == 'bn':
+        out['mean_weight'] = bn_logits.clone()
+        out['var_weight'] = bn_logits.clone()
+    else:
+        out['mean_weight'] = sd[f'{src}.mean_weight'].detach().reshape(-1).clone()
+        out['var_weight'] = sd[f'{src}.var_weight'].detach().reshape(-1).clone()
+    if target == 'ssn':
+        if layout.kind == 'ssn':
+            out['radius'] = sd[f'{src}.radius'].detach().reshape(()).float().clone()
+        else:
+            out['radius'] = torch.zeros(())
+        for which in ('mean', 'var'):
+            choice = -1
+            if layout.kind == 'ssn' and int(sd[f'{src}.{which}_fixed'].reshape(())) != 0:
+                # the released layer overwrote its logits with the one-hot choice
+                choice = int(out[f'{which}_weight'].argmax())
+                stats[f'{which}_latched'] += 1
+            out[f'{which}_choice'] = torch.tensor(choice, dtype=torch.long)
+    return out
+
+
+def convert_state_dict(state_dict: Mapping[str, Tensor], target: Optional[str] = None
+                       ) -> tuple['OrderedDict[str, Tensor]', dict]:
+    """Map a released SN/SSN or a BN ResNet v1 state dict onto mmdet/mmseg ResNet with SN/SSN.
+
+    Args:
+        state_dict: the source weights (``module.``/``backbone.`` prefixes and the
+            classifier are dropped here).
+        target: ``'ssn'`` or ``'sn'``: the layer type the model is built with.
+            Default: the source's own kind (``'ssn'`` for BN sources).  SN -> SSN
+            copies the logits, frees the selection (choice -1) and sets radius 0.
+
+    Returns:
+        The converted state dict and the ``meta`` dict saying what was done.
+    """
+    sd = OrderedDict((re.sub(r'^module\.', '', k), v) for k, v in state_dict.items())
+    sd, dropped = _strip_backbone(sd)
+    layout = parse_resnet_v1(sd)
+    target = target or ('sn' if layout.kind == 'sn' else 'ssn')
+    if target not in ('ssn', 'sn'):
+        raise ValueError(f"target must be 'ssn' or 'sn', got {target!r}")
+    if layout.kind == 'ssn' and target == 'sn':
+        raise ConversionError('an SSN checkpoint holds SparsestMax logits (one-hot once latched); '
+                              'softmax of them is not what the network learned: convert with target ssn')
+    bn_logits = torch.ones(3)
+    stats = dict(mean_latched=0, var_latched=0)
+    out = OrderedDict()
+    for conv in layout.convs:
+        out[f'{conv}.weight'] = sd[f'{conv}.weight'].detach().clone()
+    for src in layout.norms:
+        dst = re.sub(r'(^|\.)bn(\d)$', r'\1sn\2', src)
+        for name, value in _norm_tensors(sd, src, layout, target, bn_logits, stats).items():
+            out[f'{dst}.{name}'] = value
+    normalizers = ['in', 'ln', 'bn'] if layout.num_logits != 2 else ['in', 'ln']
+    logits = {
+        'ssn': 'copied; latched choices from mean_fixed/var_fixed = argmax of the one-hot logits',
+        'sn': 'copied (softmax logits)' + (', used by SparsestMax from radius 0, selection free'
+                                           if target == 'ssn' else ''),
+        'bn': 'uniform (ones, as a new layer): the selection is learned; a BN one-hot start would '
+              'sit on a simplex vertex where SparsestMax has zero gradient',
+    }[layout.kind]
+    meta = dict(
+        converter=CONVERTER,
+        source_kind=layout.kind,
+        target=target,
+        norm_type='SSN' if target == 'ssn' else 'SN',
+        arch=layout.arch,
+        depth=layout.depth,
+        normalizers=normalizers,
+        num_norm_layers=len(layout.norms),
+        latched=dict(mean=stats['mean_latched'], var=stats['var_latched']),
+        logits=logits,
+        stem_pool=dict(RELEASED_SSN_STEM if layout.kind == 'ssn' else TORCHVISION_STEM),
+        momentum=_MOMENTUM_NOTE[layout.kind],
+        dropped_keys=sorted(dropped),
+        reshaped='weight/bias (1,C,1,1) and running stats (1,C,1) to (C,)' if layout.kind != 'bn' else 'none',
+    )
+    return out, meta
+
+
+def convert_checkpoint(src: str, dst: str, target: Optional[str] = None) -> dict:
+    """Convert the file ``src`` and write ``{'meta', 'state_dict'}`` to ``dst``; returns the meta.
+
+    The written file is read back with ``weights_only=True`` before returning.
+    """
+    state_dict = extract_state_dict(load_source(src), where=src)
+    converted, meta = convert_state_dict(state_dict, target)
+    meta['source'] = os.path.basename(src)
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    torch.save({'meta': meta, 'state_dict': converted}, dst)
+    reread = load_source(dst)
+    assert set(reread['state_dict']) == set(converted), 'converted file did not round-trip'
+    return meta
