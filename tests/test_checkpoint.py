@@ -18,7 +18,8 @@ from mmengine.registry import MODELS, init_default_scope
 
 import ssn_plugins  # noqa: F401  (registers SN/SSN, SwitchNormPretrained, ResNetReleasedStem)
 from released_layout import (released_forward, released_state_dict, save_released, v2_state_dict)
-from ssn_plugins.checkpoint import ConversionError, convert_checkpoint, convert_state_dict
+from ssn_plugins.checkpoint import (ConversionError, convert_checkpoint, convert_state_dict,
+                                    stem_pool_of)
 from ssn_plugins.norm.switch_norm import _SparseSwitchNorm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -240,7 +241,8 @@ def test_cli(tmp_path):
 
 def test_mask_rcnn_config_loads_every_backbone_tensor(r50_ssn):
     released, dst, _ = r50_ssn
-    model = _build_from_config(MMDET_CFG, dst)
+    # the stem pool is checked on its own below: here only the tensors
+    model = _build_from_config(MMDET_CFG, dst, check_stem=False)
     model.init_weights()
     assert_loaded(model.backbone, released)
     latched = [m for m in model.backbone.modules() if isinstance(m, _SparseSwitchNorm) and m.latched]
@@ -249,16 +251,25 @@ def test_mask_rcnn_config_loads_every_backbone_tensor(r50_ssn):
 
 def test_pspnet_config_loads_every_backbone_tensor(r50_ssn):
     released, dst, _ = r50_ssn
-    model = _build_from_config(MMSEG_CFG, dst)
+    model = _build_from_config(MMSEG_CFG, dst, check_stem=False)
     model.init_weights()
     assert_loaded(model.backbone, released)
 
 
 def test_sn_mask_rcnn_config_loads_every_backbone_tensor(r50_sn):
     released, dst = r50_sn
-    model = _build_from_config(MMDET_SN_CFG, dst)
+    model = _build_from_config(MMDET_SN_CFG, dst)  # released SN stem = mmdet's: checked too
     model.init_weights()
     assert_loaded(model.backbone, released)
+
+
+@pytest.mark.parametrize('path', [MMDET_CFG, MMSEG_CFG], ids=os.path.basename)
+def test_shipped_ssn_configs_pool_the_stem_like_the_released_network(r50_ssn, path):
+    """The released SSN models pool with padding 0 and ceil_mode; the config must build that pool."""
+    _, dst, _ = r50_ssn
+    model = _build_from_config(path, dst)
+    model.init_weights()  # SwitchNormPretrained refuses a stem pool other than the file's
+    assert stem_pool_of(model.backbone) == dict(kernel_size=3, stride=2, padding=0, ceil_mode=True)
 
 
 def released_fixed_layers(released):
