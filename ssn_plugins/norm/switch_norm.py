@@ -215,21 +215,31 @@ class _SparseSwitchNorm(_SwitchNormBase):
             return None
         return self.normalizers[int(self.mean_choice)], self.normalizers[int(self.var_choice)]
 
-    def _one_ratio(self, logits: Tensor, choice: Tensor, latch: bool) -> Tensor:
-        index = int(choice)
-        if index >= 0:
-            return F.one_hot(choice, logits.numel()).to(logits.dtype)
+    def _sparsestmax(self, logits: Tensor, choices: tuple[Tensor, ...], latch: bool) -> Tensor:
+        """SparsestMax of each row of ``logits``; latch the rows that come out one-hot."""
         try:
             ratios = sparsestmax(logits, self.radius, mode=self.mode)
         except ValueError as err:
             raise ValueError(f'{type(self).__name__}: {err}') from None
         if latch:
-            one_hot = (ratios.detach() == 1).nonzero()
-            if one_hot.numel():
-                choice.fill_(int(one_hot[0, 0]))
+            for row, choice in zip(ratios.detach().view(len(choices), -1), choices):
+                one_hot = (row == 1).nonzero()
+                if one_hot.numel():
+                    choice.fill_(int(one_hot[0, 0]))
         return ratios
 
+    def _one_ratio(self, logits: Tensor, choice: Tensor, latch: bool) -> Tensor:
+        index = int(choice)
+        if index >= 0:
+            return F.one_hot(choice, logits.numel()).to(logits.dtype)
+        return self._sparsestmax(logits, (choice, ), latch)
+
     def _ratios(self, latch: bool = False) -> tuple[Tensor, Tensor]:
+        if int(self.mean_choice) < 0 and int(self.var_choice) < 0:
+            # One batched SparsestMax for both logits: its cost is per-op overhead, not size.
+            both = self._sparsestmax(torch.stack([self.mean_weight, self.var_weight]),
+                                     (self.mean_choice, self.var_choice), latch)
+            return both[0], both[1]
         return (self._one_ratio(self.mean_weight, self.mean_choice, latch),
                 self._one_ratio(self.var_weight, self.var_choice, latch))
 
