@@ -121,3 +121,31 @@ def test_dist_train_two_cpu_processes_end_identical(tmp_path):
     assert len(choices) > 20 and all(int(rank0[k]) >= 0 for k in choices)  # all latched
     for key in rank0:  # weights, running statistics (not broadcast: synced) and choices
         torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0, msg=key)
+
+
+def test_slurm_train_passes_the_job_to_srun(tmp_path):
+    """tools/slurm_train.sh: one srun task per GPU running tools/train.py with the slurm launcher."""
+    stub = tmp_path / 'srun'
+    stub.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$SRUN_LOG"\n')
+    stub.chmod(0o755)
+    env = dict(os.environ, PATH=f'{tmp_path}:{os.environ["PATH"]}', SRUN_LOG=str(tmp_path / 'argv'),
+               GPUS='16', PORT='29123')
+    subprocess.run(['bash', osp.join(ROOT, 'tools', 'slurm_train.sh'), 'gpu', 'ssn', 'cfg.py',
+                    '--work-dir', 'wd'], env=env, check=True, timeout=30)
+    argv = (tmp_path / 'argv').read_text().split('\n')[:-1]
+    assert argv[:2] == ['-p', 'gpu'] and '--ntasks=16' in argv and '--gres=gpu:8' in argv
+    train = argv.index(osp.join(ROOT, 'tools', 'train.py'))
+    assert argv[train + 1:] == ['cfg.py', '--launcher', 'slurm', '--work-dir', 'wd']
+
+
+def test_cpu_distributed_setup_needs_torchrun(monkeypatch):
+    from ssn_plugins.engine import setup_cpu_distributed
+    cfg = Config(dict(launcher='none'))
+    assert setup_cpu_distributed(cfg) is cfg and 'model_wrapper_cfg' not in cfg
+    if torch.cuda.is_available():
+        pytest.skip('with CUDA the GPU path of mmengine is used')
+    with pytest.raises(ValueError, match='--launcher pytorch'):
+        setup_cpu_distributed(Config(dict(launcher='slurm')))
+    monkeypatch.delenv('MASTER_ADDR', raising=False)
+    with pytest.raises(ValueError, match='MASTER_ADDR'):
+        setup_cpu_distributed(Config(dict(launcher='pytorch')))
