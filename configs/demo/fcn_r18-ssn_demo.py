@@ -1,7 +1,7 @@
-# PSPNet, ResNet-18 (V1b, dilated) with SSN everywhere, on the label maps of the
+# FCN, ResNet-18 (V1b, dilated) with SSN everywhere, on the label maps of the
 # synthetic shapes (ssn_plugins.demo): background + 3 shape classes.
 # Data: python tools/make_demo_data.py data/ssn_demo
-_base_ = ['mmseg::_base_/models/pspnet_r50-d8.py', 'mmseg::_base_/default_runtime.py']
+_base_ = ['mmseg::_base_/models/fcn_r50-d8.py', 'mmseg::_base_/default_runtime.py']
 custom_imports = dict(imports=['ssn_plugins'], allow_failed_imports=False)
 
 data_root = 'data/ssn_demo/'

@@ -24,6 +24,7 @@ from typing import Optional
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 
 __all__ = ['DEMO_CLASSES', 'make_demo_dataset', 'make_split']
 
@@ -67,8 +68,8 @@ def _render(rng: np.random.Generator, size: int):
         boxes.append(box)
         kind = int(rng.integers(len(DEMO_CLASSES)))
         poly = _polygon(kind, cx, cy, r, rng.uniform(0, 2 * math.pi))
-        mask = np.zeros((size, size), np.uint8)
-        cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 1)
+        # rasterised as COCO does, so the label map equals the instance masks
+        mask = mask_utils.decode(mask_utils.frPyObjects([poly.reshape(-1).tolist()], size, size))[..., 0]
         colour = rng.uniform(0, 255, size=3)
         # keep the shape visible against the local background
         colour = np.where(np.abs(colour - img[int(cy), int(cx)]) < 60, 255 - colour, colour)

@@ -1,0 +1,148 @@
+"""tools/train.py and tools/test.py end to end on tiny demo data (mmdet and mmseg),
+and the weights_only-safe Runner checkpoints behind them."""
+import importlib.util
+import json
+import math
+import os
+import os.path as osp
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from mmengine.logging import HistoryBuffer
+from mmengine.runner import CheckpointLoader
+
+from ssn_plugins.demo import make_demo_dataset
+from ssn_plugins.engine import launch
+from ssn_plugins.engine.checkpoint_io import decode_checkpoint, encode_checkpoint
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DET_CFG = osp.join(REPO, 'configs', 'demo', 'mask-rcnn_r18-ssn_fpn_demo.py')
+SEG_CFG = osp.join(REPO, 'configs', 'demo', 'fcn_r18-ssn_demo.py')
+TINY = ['train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+        'train_dataloader.persistent_workers=False', 'val_dataloader.num_workers=0',
+        'val_dataloader.persistent_workers=False', 'test_dataloader.num_workers=0',
+        'test_dataloader.persistent_workers=False', 'default_hooks.logger.interval=1']
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(f'ssn_tool_{name}', osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _schedule(iters, val_interval=100):
+    return [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={val_interval}',
+            f'default_hooks.checkpoint.interval={iters}']
+
+
+@pytest.fixture
+def demo_dir(tmp_path, monkeypatch):
+    """A tiny demo data set where the configs expect it (data/ssn_demo, relative)."""
+    monkeypatch.chdir(tmp_path)
+    make_demo_dataset(str(tmp_path / 'data' / 'ssn_demo'), num_train=4, num_val=2, size=64, seed=0)
+    return tmp_path
+
+
+def test_mmdet_train_resume_test(demo_dir):
+    train, test = _tool('train'), _tool('test')
+    work = str(demo_dir / 'work')
+    train.main([DET_CFG, '--work-dir', work, '--cfg-options', *TINY, *_schedule(2)])
+    ckpt = osp.join(work, 'iter_2.pth')
+    # written weights_only-safe: torch 2.13's default load reads it
+    raw = torch.load(ckpt, map_location='cpu', weights_only=True)
+    assert raw['meta']['iter'] == 2
+
+    # --resume (no path: the work dir's last checkpoint) continues to iteration 3
+    train.main([DET_CFG, '--work-dir', work, '--resume', '--cfg-options', *TINY, *_schedule(3)])
+    resumed = torch.load(osp.join(work, 'iter_3.pth'), map_location='cpu', weights_only=True)
+    decode_checkpoint(resumed)
+    assert resumed['meta']['iter'] == 3
+    loss = resumed['message_hub']['log_scalars']['train/loss']
+    assert isinstance(loss, HistoryBuffer) and len(loss.data[0]) == 3  # history kept across resume
+
+    out = str(demo_dir / 'metrics.json')
+    test.main([DET_CFG, osp.join(work, 'iter_3.pth'), '--work-dir', work, '--out-metrics', out,
+               '--cfg-options', *TINY])
+    metrics = json.load(open(out))
+    for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'):
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
+
+
+def test_mmseg_train_and_test(demo_dir):
+    train, test = _tool('train'), _tool('test')
+    work = str(demo_dir / 'work')
+    seg_tiny = TINY + ['val_dataloader.batch_size=1']
+    train.main([SEG_CFG, '--work-dir', work, '--cfg-options', *seg_tiny, *_schedule(2, 2)])
+    out = str(demo_dir / 'metrics.json')
+    test.main([SEG_CFG, osp.join(work, 'iter_2.pth'), '--work-dir', work, '--out-metrics', out,
+               '--cfg-options', *seg_tiny])
+    metrics = json.load(open(out))
+    assert 0.0 <= metrics['mIoU'] <= 100.0
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match='config file not found'):
+        launch.load_config(str(tmp_path / 'nope.py'))
+    plain = tmp_path / 'plain.py'
+    plain.write_text("model = dict(type='X')\n")
+    with pytest.raises(ValueError, match='default_scope'):
+        launch.load_config(str(plain))
+    cfg = launch.load_config(DET_CFG, work_dir=str(tmp_path))
+    assert [h['type'] for h in cfg.custom_hooks].count('SafeCheckpointHook') == 1
+    with pytest.raises(FileNotFoundError, match='--resume'):
+        launch.set_resume(cfg, str(tmp_path / 'missing.pth'))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match='CUDA'):
+            launch.enable_amp(cfg)
+
+
+def test_safe_checkpoint_round_trip(tmp_path):
+    buf = HistoryBuffer([1.0, 2.5], [1, 2], max_length=7)
+    ckpt = {'meta': {'iter': 4, 'seed': np.int64(3), 'arr': np.arange(3, dtype=np.float32),
+                     'dt': np.dtype('float64'), 'names': ('a', 'b'), 'tags': {'x'}},
+            'state_dict': {'w': torch.ones(2)},
+            'message_hub': {'log_scalars': {'train/loss': buf}, 'runtime_info': {'iter': 4}}}
+    encode_checkpoint(ckpt)
+    path = str(tmp_path / 'c.pth')
+    torch.save(ckpt, path)
+    back = torch.load(path, weights_only=True)
+    decode_checkpoint(back)
+    assert back['meta']['seed'] == 3 and type(back['meta']['seed']) is np.int64
+    assert back['meta']['arr'].dtype == np.float32 and back['meta']['arr'].tolist() == [0, 1, 2]
+    assert back['meta']['dt'] == np.float64 and back['meta']['names'] == ('a', 'b')
+    assert back['meta']['tags'] == {'x'} and 'ssn_plugins_safe_checkpoint' not in back['meta']
+    got = back['message_hub']['log_scalars']['train/loss']
+    assert got.max_length == 7 and got.data[0].tolist() == [1.0, 2.5] and got.data[1].tolist() == [1, 2]
+
+    class Opaque:
+        pass
+
+    with pytest.raises(TypeError, match=r'meta\.thing'):
+        encode_checkpoint({'meta': {'thing': Opaque()}})
+
+
+def _payload(path):
+    open(path, 'w').write('pwned')
+
+
+class _Malicious:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return _payload, (self.marker,)
+
+
+def test_malicious_pickle_still_refused(demo_dir):
+    tmp_path = demo_dir
+    marker = str(tmp_path / 'marker')
+    path = str(tmp_path / 'evil.pth')
+    torch.save({'state_dict': {}, 'meta': {'x': _Malicious(marker)}}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    with pytest.raises(pickle.UnpicklingError):
+        _tool('test').main([DET_CFG, path, '--work-dir', str(tmp_path / 'w')])
+    assert not os.path.exists(marker)
