@@ -117,6 +117,8 @@ def test_converted_file_is_weights_only_and_says_what_was_done(r50_ssn):
     sd = ckpt['state_dict']
     assert sd['layer3.2.sn2.weight'].shape == (256,) and sd['layer3.2.sn2.running_var'].shape == (256,)
     assert sd['sn1.radius'].shape == () and sd['sn1.mean_choice'].dtype == torch.long
+    with pytest.raises(ValueError, match='already converted'):
+        convert_checkpoint(dst, dst + '.again')
 
 
 @pytest.mark.parametrize('wrap, module_prefix, legacy', [
@@ -384,3 +386,23 @@ def test_mismatched_files_fail_listing_keys(tmp_path, r50_ssn):
     raw = save_released(released_state_dict('ssn', 50, 8), str(tmp_path / 'raw.pth'))
     with pytest.raises(ValueError, match='unconverted released SN/SSN file'):
         _backbone(raw, width=8).init_weights()
+
+
+def test_prefix_loads_a_backbone_out_of_a_detector_checkpoint(tmp_path):
+    sd, meta = convert_state_dict(released_state_dict('ssn', 50, 8, seed=9))
+    detector = {f'backbone.{k}': v for k, v in sd.items()}
+    detector['neck.lateral_convs.0.conv.weight'] = torch.zeros(1)
+    torch.save({'state_dict': detector, 'meta': meta}, tmp_path / 'det.pth')
+    model = _backbone(str(tmp_path / 'det.pth'), width=8, prefix='backbone.')
+    model.init_weights()
+    assert torch.equal(model.layer4[2].sn3.bias.detach(), sd['layer4.2.sn3.bias'])
+    with pytest.raises(ValueError, match="no key starting with 'head.'"):
+        _backbone(str(tmp_path / 'det.pth'), width=8, prefix='head').init_weights()
+
+
+def test_untrained_running_var_zero_is_kept():
+    """The released layers start running_var at 0; the stored value is what the network used."""
+    released = released_state_dict('ssn', 50, 8, seed=10)
+    released['layer1.1.sn2.running_var'].zero_()
+    sd, _ = convert_state_dict(released)
+    assert torch.equal(sd['layer1.1.sn2.running_var'], torch.zeros(8))

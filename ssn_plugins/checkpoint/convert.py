@@ -84,9 +84,7 @@ def extract_state_dict(checkpoint: Any, where: str = 'checkpoint') -> 'OrderedDi
 
 def _strip_backbone(sd: 'OrderedDict[str, Tensor]') -> tuple['OrderedDict[str, Tensor]', list[str]]:
     """Drop the classifier; mmcls/mmpretrain files keep the ResNet under ``backbone.``."""
-    if any(k.startswith('backbone.') for k in sd):
-        sd = OrderedDict((k, v) for k, v in sd.items() if not k.startswith('backbone.') or True)
-        sd = OrderedDict((k[len('backbone.'):] if k.startswith('backbone.') else k, v) for k, v in sd.items())
+    sd = OrderedDict((k[len('backbone.'):] if k.startswith('backbone.') else k, v) for k, v in sd.items())
     dropped = [k for k in sd if _CLASSIFIER.match(k) or k.endswith('.num_batches_tracked')]
     for k in dropped:
         del sd[k]
@@ -187,7 +185,12 @@ def convert_checkpoint(src: str, dst: str, target: Optional[str] = None) -> dict
 
     The written file is read back with ``weights_only=True`` before returning.
     """
-    state_dict = extract_state_dict(load_source(src), where=src)
+    checkpoint = load_source(src)
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('meta'), Mapping) \
+            and checkpoint['meta'].get('converter') == CONVERTER:
+        raise ValueError(f'{src} is already converted (meta.converter = {CONVERTER}): load it with '
+                         f"init_cfg=dict(type='SwitchNormPretrained', checkpoint='{src}')")
+    state_dict = extract_state_dict(checkpoint, where=src)
     converted, meta = convert_state_dict(state_dict, target)
     meta['source'] = os.path.basename(src)
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
