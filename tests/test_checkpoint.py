@@ -406,3 +406,13 @@ def test_untrained_running_var_zero_is_kept():
     released['layer1.1.sn2.running_var'].zero_()
     sd, _ = convert_state_dict(released)
     assert torch.equal(sd['layer1.1.sn2.running_var'], torch.zeros(8))
+
+
+def test_mmengine_pretrained_loads_the_converted_file_completely(r50_sn):
+    """The converted file also fits mmengine's own (lenient) Pretrained: nothing left to warn about."""
+    released, dst = r50_sn
+    init_default_scope('mmdet')
+    model = MODELS.build(dict(type='ResNet', depth=50, norm_cfg=dict(type='SN'),
+                              init_cfg=dict(type='Pretrained', checkpoint=dst)))
+    model.init_weights()
+    assert_loaded(model, released)

@@ -174,6 +174,8 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], target: Optional[str] =
         logits=logits,
         stem_pool=dict(RELEASED_SSN_STEM if layout.kind == 'ssn' else TORCHVISION_STEM),
         momentum=_MOMENTUM_NOTE[layout.kind],
+        sparsestmax_mode=("norm_cfg mode='official' is the released rule; it only matters for layers "
+                          'that are not latched' if layout.kind == 'ssn' else 'n/a'),
         dropped_keys=sorted(dropped),
         reshaped='weight/bias (1,C,1,1) and running stats (1,C,1) to (C,)' if layout.kind != 'bn' else 'none',
     )
