@@ -1,6 +1,8 @@
 from .checkpoint_io import SafeCheckpointHook
 from .distributed import CPUDistributedDataParallel, setup_cpu_distributed
 from .hooks import SSNRadiusHook, SwitchNormEvalHook, apply_norm_eval, radius_at
+from .monitor import SwitchNormMonitorHook
 
 __all__ = ['SSNRadiusHook', 'SwitchNormEvalHook', 'apply_norm_eval', 'radius_at',
-           'SafeCheckpointHook', 'CPUDistributedDataParallel', 'setup_cpu_distributed']
+           'SafeCheckpointHook', 'SwitchNormMonitorHook',
+           'CPUDistributedDataParallel', 'setup_cpu_distributed']

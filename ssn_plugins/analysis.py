@@ -1,0 +1,271 @@
+"""Which normalizer each SN/SSN layer selected: records, a table, a figure.
+
+A record describes one layer, in network (state-dict) order::
+
+    {'name': 'backbone.layer1.0.sn1', 'type': 'SSN', 'normalizers': ['in', 'ln', 'bn'],
+     'mean': [0.0, 0.0, 1.0], 'var': [0.0, 1.0, 0.0], 'latched': True}
+
+``mean``/``var`` are the importance ratios the layer's next forward uses, in
+the order of ``normalizers`` (always a sub-sequence of IN, LN, BN).  Records
+come from a built model (:func:`collect_ratios`, which asks each layer's
+``ratios()``) or from a checkpoint alone (:func:`ratios_from_state_dict`,
+which redoes softmax/SparsestMax from the stored logits and buffers).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections import OrderedDict
+from typing import Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import is_model_wrapper
+from torch import Tensor, nn
+
+from .norm.functional import NORMALIZERS
+from .norm.switch_norm import _SparseSwitchNorm, is_switch_norm
+from .ops.sparsestmax import SPARSESTMAX_MODES, sparsestmax
+
+__all__ = [
+    'collect_ratios', 'ratios_from_state_dict', 'load_state_dict', 'switch_norm_stats',
+    'format_summary', 'plot_ratios', 'write_ratios'
+]
+
+_LABELS = {'in': 'IN', 'ln': 'LN', 'bn': 'BN'}
+_COLORS = {'in': '#4c72b0', 'ln': '#dd8452', 'bn': '#55a868'}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if is_model_wrapper(model) else model
+
+
+def collect_ratios(model: nn.Module) -> list[dict]:
+    """One record per SN/SSN layer of ``model``, from ``layer.ratios()``."""
+    records = []
+    for name, layer in _unwrap(model).named_modules():
+        if not is_switch_norm(layer):
+            continue
+        mean, var = layer.ratios()
+        sparse = isinstance(layer, _SparseSwitchNorm)
+        records.append(dict(name=name, type='SSN' if sparse else 'SN',
+                            normalizers=list(layer.normalizers),
+                            mean=[float(v) for v in mean], var=[float(v) for v in var],
+                            latched=bool(layer.latched) if sparse else False))
+    return records
+
+
+def switch_norm_stats(model: nn.Module) -> dict[str, float]:
+    """Cheap training-time summary of the SN/SSN layers of ``model``.
+
+    ``ssn_entropy``: mean over layers of the average entropy (nats) of the mean
+    and variance ratios (0 once every layer is one-hot); for SSN layers also
+    ``ssn_latched``, the share of layers whose mean and variance choices are
+    both latched, and ``ssn_radius``, their mean radius.  Empty if ``model`` has
+    no SN/SSN layer.
+    """
+    entropies, latched, radii = [], [], []
+    for layer in _unwrap(model).modules():
+        if not is_switch_norm(layer):
+            continue
+        mean, var = layer.ratios()
+        entropies.append(0.5 * (_entropy(mean) + _entropy(var)))
+        if isinstance(layer, _SparseSwitchNorm):
+            latched.append(float(layer.latched))
+            radii.append(float(layer.radius))
+    if not entropies:
+        return {}
+    stats = {'ssn_entropy': sum(entropies) / len(entropies)}
+    if latched:
+        stats['ssn_latched'] = sum(latched) / len(latched)
+        stats['ssn_radius'] = sum(radii) / len(radii)
+    return stats
+
+
+def _entropy(p: Tensor) -> float:
+    p = p.double()
+    return float(-(p * torch.log(p.clamp_min(1e-300))).sum())
+
+
+def load_state_dict(path: str) -> 'OrderedDict[str, Tensor]':
+    """The state dict of a checkpoint file, loaded with ``weights_only=True``.
+
+    Accepts mmengine runner checkpoints (``state_dict``), the released SN/SSN
+    files (``state_dict``, ``model``) and bare state dicts; a DataParallel
+    ``module.`` prefix is stripped.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f'checkpoint {path!r} does not load with weights_only=True (it holds '
+                         'arbitrary Python objects); runner checkpoints written by '
+                         'tools/train.py (SafeCheckpointHook) or a bare state dict do: '
+                         f'{str(err).splitlines()[0]}') from None
+    if not isinstance(ckpt, Mapping):
+        raise TypeError(f'checkpoint {path!r} holds a {type(ckpt).__name__}, expected a dict')
+    for key in ('state_dict', 'model'):
+        if isinstance(ckpt.get(key), Mapping):
+            ckpt = ckpt[key]
+            break
+    state = OrderedDict()
+    for key, value in ckpt.items():
+        if isinstance(value, Tensor):
+            state[key[len('module.'):] if key.startswith('module.') else key] = value
+    return state
+
+
+def _normalizers_for(prefix: str, k: int, state: Mapping[str, Tensor]) -> tuple[str, ...]:
+    if k == 3:
+        return NORMALIZERS
+    if k == 2 and f'{prefix}.running_mean' not in state:
+        return ('in', 'ln')  # the only pair without a BN branch
+    raise ValueError(f'{prefix}: cannot tell which {k} normalizers a layer with {k} logits '
+                     f'{"and running statistics " if k == 2 else ""}uses from the checkpoint '
+                     'alone; pass the config too (tools/analyze_ratios.py CONFIG CHECKPOINT)')
+
+
+def _ratio_from_state(prefix: str, which: str, state: Mapping[str, Tensor], mode: str) -> tuple[Tensor, bool]:
+    logits = state[f'{prefix}.{which}_weight'].detach().double().flatten()
+    choice = state.get(f'{prefix}.{which}_choice')      # ssn_plugins layers
+    fixed = state.get(f'{prefix}.{which}_fixed')        # the released SSN code
+    if choice is not None and int(choice) >= 0:
+        return F.one_hot(torch.tensor(int(choice)), logits.numel()).double(), True
+    if fixed is not None and int(fixed) != 0:
+        # released layers store the selected one-hot vector in the logits
+        return F.one_hot(logits.argmax(), logits.numel()).double(), True
+    radius = state.get(f'{prefix}.radius')
+    if radius is None:
+        return F.softmax(logits, 0), False
+    return sparsestmax(logits, float(radius.flatten()[0]), mode=mode), False
+
+
+def ratios_from_state_dict(state: Mapping[str, Tensor], mode: str = 'paper') -> list[dict]:
+    """Records for every layer of a state dict with ``mean_weight``/``var_weight``.
+
+    SN layers (no ``radius``) use softmax; SSN layers use their latched choice
+    or SparsestMax at their stored radius with the rule ``mode`` (which the
+    checkpoint does not record; it does not matter for latched layers).
+    """
+    if mode not in SPARSESTMAX_MODES:
+        raise ValueError(f'mode must be one of {SPARSESTMAX_MODES}, got {mode!r}')
+    records = []
+    for key in state:
+        if not key.endswith('.mean_weight'):
+            continue
+        prefix = key[:-len('.mean_weight')]
+        if f'{prefix}.var_weight' not in state:
+            raise ValueError(f'{prefix}: has mean_weight but no var_weight')
+        k = state[key].numel()
+        normalizers = _normalizers_for(prefix, k, state)
+        mean, mean_latched = _ratio_from_state(prefix, 'mean', state, mode)
+        var, var_latched = _ratio_from_state(prefix, 'var', state, mode)
+        sparse = f'{prefix}.radius' in state
+        records.append(dict(name=prefix, type='SSN' if sparse else 'SN', normalizers=list(normalizers),
+                            mean=[float(v) for v in mean], var=[float(v) for v in var],
+                            latched=sparse and mean_latched and var_latched))
+    if not records:
+        raise ValueError('no SN/SSN layer (keys ending in .mean_weight) in the checkpoint')
+    return records
+
+
+def _choice(record: dict, which: str) -> str:
+    ratios = record[which]
+    return record['normalizers'][max(range(len(ratios)), key=ratios.__getitem__)]
+
+
+def _cells(record: dict, which: str) -> str:
+    by_name = dict(zip(record['normalizers'], record[which]))
+    return ' '.join(f'{by_name[n]:4.2f}' if n in by_name else '   -' for n in NORMALIZERS)
+
+
+def format_summary(records: Sequence[dict]) -> str:
+    """A table (one row per layer) and how many layers chose IN, LN, BN.
+
+    A layer "chooses" the normalizer with the largest ratio (the only non-zero
+    one once it is latched).
+    """
+    if not records:
+        raise ValueError('no SN/SSN layer to summarise')
+    width = max(len('layer'), *(len(r['name']) for r in records))
+    head = ' '.join(_LABELS[n].rjust(4) for n in NORMALIZERS)
+    lines = [f'{"layer".ljust(width)}  type  mean {head}   var {head}  latched']
+    for r in records:
+        lines.append(f'{r["name"].ljust(width)}  {r["type"]:<4}  {" " * 5}{_cells(r, "mean")}'
+                     f'   {" " * 4}{_cells(r, "var")}  {"yes" if r["latched"] else "no"}')
+    lines.append('')
+    n_latched = sum(r['latched'] for r in records)
+    lines.append(f'{len(records)} layers, {n_latched} latched')
+    for which in ('mean', 'var'):
+        counts = {n: 0 for n in NORMALIZERS}
+        for r in records:
+            counts[_choice(r, which)] += 1
+        lines.append(f'{which:<4} chosen: ' + ', '.join(f'{_LABELS[n]} {counts[n]}' for n in NORMALIZERS))
+    return '\n'.join(lines)
+
+
+def plot_ratios(records: Sequence[dict], path: str) -> str:
+    """Stacked bars of the mean and variance ratios per layer, in network order."""
+    if not records:
+        raise ValueError('no SN/SSN layer to plot')
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    n = len(records)
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.16 * n + 2), 6.5), sharex=True)
+    x = list(range(n))
+    for ax, which in zip(axes, ('mean', 'var')):
+        bottom = [0.0] * n
+        for norm in NORMALIZERS:
+            heights = [dict(zip(r['normalizers'], r[which])).get(norm, 0.0) for r in records]
+            ax.bar(x, heights, bottom=bottom, width=0.85, color=_COLORS[norm], label=_LABELS[norm])
+            bottom = [b + h for b, h in zip(bottom, heights)]
+        ax.set_ylim(0, 1)
+        ax.set_xlim(-0.6, n - 0.4)
+        ax.set_ylabel(f'{which} ratios')
+    axes[0].legend(loc='upper right', ncol=3, fontsize=8, framealpha=0.9)
+    axes[1].set_xticks(x)
+    axes[1].set_xticklabels([r['name'] for r in records], rotation=90,
+                            fontsize=max(3.0, min(8.0, 400.0 / n)))
+    axes[1].set_xlabel('layer (network order)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def write_ratios(records: Sequence[dict], out_dir: str) -> tuple[str, str]:
+    """Write ``out_dir/ratios.json`` (the records) and ``out_dir/ratios.png``."""
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, 'ratios.json')
+    with open(json_path, 'w') as f:
+        json.dump(list(records), f, indent=1)
+    png_path = plot_ratios(records, os.path.join(out_dir, 'ratios.png'))
+    return json_path, png_path
+
+
+def ratios_from_checkpoint(checkpoint: str, config: Optional[str] = None, mode: str = 'paper') -> list[dict]:
+    """Records of a checkpoint, alone or loaded (strictly) into the model of ``config``.
+
+    With a config the layers' own SparsestMax rule is used and ``mode`` is ignored.
+    """
+    state = load_state_dict(checkpoint)
+    if config is None:
+        return ratios_from_state_dict(state, mode)
+    model = build_model_from_config(config)
+    model.load_state_dict(state, strict=True)
+    return collect_ratios(model)
+
+
+def build_model_from_config(config: str) -> nn.Module:
+    """The (uninitialised) model of an mmdet/mmseg config, built in its scope."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.get('default_scope', None))
+    return MODELS.build(cfg.model)
+
