@@ -1,0 +1,10 @@
+# Shared by every SSN config: register ssn_plugins' layers and hooks, grow the
+# SparsestMax radius from 0 to 1.0 over training (the released recipe, so every
+# layer ends one-hot), honour norm_eval=True for SSN, and log radius, latched
+# share and ratio entropy.
+custom_imports = dict(imports=['ssn_plugins'], allow_failed_imports=False)
+custom_hooks = [
+    dict(type='SSNRadiusHook', max_radius=1.0),
+    dict(type='SwitchNormEvalHook'),
+    dict(type='SwitchNormMonitorHook'),
+]
