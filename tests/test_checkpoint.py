@@ -383,6 +383,11 @@ def test_mismatched_files_fail_listing_keys(tmp_path, r50_ssn):
         _backbone(str(two), 'SN', stem=False, width=8).init_weights()
     assert 'sn1.mean_weight (2,) vs model (3,)' in str(err.value)
     assert 'missing (left unloaded): ' in str(err.value) and 'sn1.running_mean' in str(err.value)
+    sn_file = tmp_path / 'sn.pth'
+    sd, meta = convert_state_dict(released_state_dict('sn', 50, 8))
+    torch.save({'state_dict': sd, 'meta': meta}, sn_file)
+    with pytest.raises(ValueError, match='--target ssn'):
+        _backbone(str(sn_file), 'SSN', stem=False, width=8).init_weights()
     raw = save_released(released_state_dict('ssn', 50, 8), str(tmp_path / 'raw.pth'))
     with pytest.raises(ValueError, match='unconverted released SN/SSN file'):
         _backbone(raw, width=8).init_weights()

@@ -61,6 +61,10 @@ def check_state_dict(module: nn.Module, state_dict: dict, source: str = 'checkpo
             for k, v in state_dict.items()):
         lines.append('this looks like an unconverted released SN/SSN file: '
                      'convert it first with python tools/convert_checkpoint.py SRC DST')
+    elif any(k.endswith(('.radius', '.mean_choice')) for k in missing) and not any(
+            k.endswith('.radius') for k in state_dict):
+        lines.append('the file holds SN (or BN) layers and the model SSN ones: to start SSN from them, '
+                     'convert the source with python tools/convert_checkpoint.py SRC DST --target ssn')
     raise ValueError('; '.join(lines))
 
 
@@ -123,6 +127,9 @@ class SwitchNormPretrained:
                  check_stem: bool = True) -> None:
         if not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f'checkpoint must be a path, got {type(checkpoint).__name__}')
+        if not isinstance(relearn_selection, bool):
+            raise TypeError(f'relearn_selection must be a bool, got {relearn_selection!r}; choose the '
+                            f'restart point with relearn_logits={_RELEARN_LOGITS}')
         if relearn_logits not in _RELEARN_LOGITS:
             raise ValueError(f'relearn_logits must be one of {_RELEARN_LOGITS}, got {relearn_logits!r}')
         self.checkpoint = os.fspath(checkpoint)
