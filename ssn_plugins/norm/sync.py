@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
+from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from .functional import NORMALIZERS, pool_batch
@@ -31,7 +32,6 @@ __all__ = [
     'SyncSwitchNorm', 'SyncSparseSwitchNorm', 'convert_sync_switchnorm', 'revert_sync_switchnorm'
 ]
 
-logger = logging.getLogger(__name__)
 _logged_local = False
 
 
@@ -56,8 +56,10 @@ def _log_local_once() -> None:
     global _logged_local
     if not _logged_local:
         _logged_local = True
-        logger.info('SyncSN/SyncSSN: no initialised process group with more than one process; '
-                    'the BN branch uses this process\'s batch only (same as SN/SSN).')
+        # mmengine's current logger: the Runner's log file when there is a Runner.
+        print_log('SyncSN/SyncSSN: no initialised process group with more than one process; '
+                  'the BN branch uses this process\'s batch only (same as SN/SSN).',
+                  logger='current', level=logging.INFO)
 
 
 class _SyncMixin:
