@@ -18,7 +18,7 @@ autocast; the output has the input dtype.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +37,12 @@ def _acc_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _rows_needing_two_pass(mean: Tensor, var: Tensor) -> Tensor:
-    """Flat indices of the (n, c) rows where one-pass moments lose precision."""
-    return (mean.square() > _ILL_CONDITIONED * var).view(-1).nonzero().view(-1)
+def _ill_conditioned(mean: Tensor, var: Union[Tensor, float]) -> Optional[Tensor]:
+    """Flat indices of the (n, c) rows where one-pass moments lose precision, or None."""
+    bad = mean.square() > _ILL_CONDITIONED * var
+    if not bool(bad.any()):
+        return None
+    return bad.view(-1).nonzero().view(-1)
 
 
 def _moments(x3: Tensor) -> tuple[Tensor, Tensor]:
@@ -51,12 +54,25 @@ def _moments(x3: Tensor) -> tuple[Tensor, Tensor]:
     mean = x3.sum(-1).div_(length)  # (N, C)
     var = torch.linalg.vector_norm(x3, dim=-1).square_().div_(length).sub_(mean.square())
     var.clamp_(min=0)
-    rows = _rows_needing_two_pass(mean, var)
-    if rows.numel():
+    rows = _ill_conditioned(mean, var)
+    if rows is not None:
         row_var, row_mean = torch.var_mean(x3.reshape(-1, length)[rows], dim=-1, correction=0)
         mean.view(-1)[rows] = row_mean
         var.view(-1)[rows] = row_var
     return mean, var
+
+
+def _sum_dy_xhat(g3: Tensor, x3: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
+    """Per-(n, c) ``sum_l dy * (x - mean) * rstd``, guarded like :func:`_moments`."""
+    if x3.is_cuda:
+        return torch.linalg.vecdot(g3, x3 - mean.unsqueeze(-1), dim=-1) * rstd
+    total = torch.linalg.vecdot(g3, x3, dim=-1).sub_(mean * g3.sum(-1))
+    rows = _ill_conditioned(mean * rstd, 1.0)
+    if rows is not None:
+        length = x3.shape[-1]
+        centred = x3.reshape(-1, length)[rows] - mean.view(-1)[rows].unsqueeze(-1)
+        total.view(-1)[rows] = torch.linalg.vecdot(g3.reshape(-1, length)[rows], centred, dim=-1)
+    return total.mul_(rstd)
 
 
 def _affine_rows(x3: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
@@ -73,24 +89,35 @@ def _affine_rows(x3: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     return y.view(n, c, length)
 
 
-class _BranchMoments:
-    """Per-normalizer moments (each broadcastable to (N, C)) built from per-(n, c) ones."""
+def _scalars(ratios: Tensor, dtype: torch.dtype) -> list:
+    """Ratios as Python floats on CPU (no per-element tensor ops), 0-d tensors on CUDA (no sync)."""
+    if ratios.is_cuda:
+        return list(ratios.to(dtype).unbind())
+    return ratios.tolist()
 
-    def __init__(self, mean_in: Tensor, var_in: Tensor, normalizers: Sequence[str],
-                 bn_moments: Optional[tuple[Tensor, Tensor]]) -> None:
-        self.moments = []
-        for name in normalizers:
-            if name == 'in':
-                self.moments.append((mean_in, var_in))
-            elif name == 'ln':
-                self.moments.append(_pool(mean_in, var_in, 1))
-            else:
-                self.moments.append(bn_moments)
 
-    def mix(self, mean_ratios: Tensor, var_ratios: Tensor) -> tuple[Tensor, Tensor]:
-        mean = sum(mean_ratios[k] * m for k, (m, _) in enumerate(self.moments))
-        var = sum(var_ratios[k] * v for k, (_, v) in enumerate(self.moments))
-        return mean, var
+def _branches(mean_in: Tensor, var_in: Tensor, normalizers: Sequence[str],
+              bn_moments: Optional[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    """(mean, var) of each normalizer, broadcastable to (N, C), from per-(n, c) moments."""
+    moments = []
+    for name in normalizers:
+        if name == 'in':
+            moments.append((mean_in, var_in))
+        elif name == 'ln':
+            moments.append(_pool(mean_in, var_in, 1))
+        else:
+            moments.append(bn_moments)
+    return moments
+
+
+def _mix(terms) -> Tensor:
+    """``sum_k ratio_k * tensor_k``, skipping exact zeros (sparse SSN ratios)."""
+    total = None
+    for ratio, tensor in terms:
+        if isinstance(ratio, float) and ratio == 0.0:
+            continue
+        total = tensor * ratio if total is None else total + tensor * ratio
+    return total
 
 
 class _FusedSwitchNorm(torch.autograd.Function):
@@ -105,30 +132,33 @@ class _FusedSwitchNorm(torch.autograd.Function):
         n, c = x.shape[:2]
         x3 = x.reshape(n, c, -1)  # (N, C, L)
         xa = x3 if x3.dtype == acc else x3.to(acc)
-        length = x3.shape[-1]
         mean_in, var_in = _moments(xa)  # (N, C) each
         batch_stats = 'bn' in normalizers and training
         bn_moments = None
         if batch_stats:
             bn_moments = _pool(mean_in, var_in, 0)
             if running_mean is not None:
-                _update_running(bn_moments[0], bn_moments[1], n * length, running_mean, running_var,
-                                momentum)
+                _update_running(bn_moments[0], bn_moments[1], n * x3.shape[-1], running_mean,
+                                running_var, momentum)
         elif 'bn' in normalizers:
             bn_moments = (running_mean.to(acc).view(1, c), running_var.to(acc).view(1, c))
-        branches = _BranchMoments(mean_in, var_in, normalizers, bn_moments)
-        mean_ratios_a, var_ratios_a = mean_ratios.to(acc), var_ratios.to(acc)
-        mean, var = branches.mix(mean_ratios_a, var_ratios_a)
+        moments = _branches(mean_in, var_in, normalizers, bn_moments)
+        p, q = _scalars(mean_ratios, acc), _scalars(var_ratios, acc)
+        mean = _mix((p[k], m) for k, (m, _) in enumerate(moments))
+        var = _mix((q[k], v) for k, (_, v) in enumerate(moments))
+        # a one-hot LN/BN choice leaves (N, 1) or (1, C): the per-(n, c) rows need (N, C)
         mean, var = mean.expand(n, c), var.expand(n, c)
-        rstd = torch.rsqrt(var + eps)  # (N, C)
+        rstd = (var + eps).rsqrt_()  # (N, C)
         weight_a = None if weight is None else weight.to(acc)
         scale = rstd if weight_a is None else rstd * weight_a
-        shift = -mean * scale
-        if bias is not None:
-            shift = shift + bias.to(acc)
+        if bias is None:
+            shift = (mean * scale).neg_()
+        else:
+            shift = torch.addcmul(bias.to(acc), mean, scale, value=-1)
         y = _affine_rows(xa, scale, shift)
 
-        ctx.save_for_backward(x, mean_ratios_a, var_ratios_a, weight_a, mean_in, var_in, mean, rstd)
+        ctx.save_for_backward(x, weight_a, mean_in, var_in, mean, rstd)
+        ctx.ratios = (p, q)
         ctx.normalizers = normalizers
         ctx.batch_stats = batch_stats
         ctx.bn_moments = None if batch_stats else bn_moments  # running stats (eval) or None
@@ -139,8 +169,9 @@ class _FusedSwitchNorm(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y: Tensor):
-        x, mean_ratios, var_ratios, weight, mean_in, var_in, mean, rstd = ctx.saved_tensors
+        x, weight, mean_in, var_in, mean, rstd = ctx.saved_tensors
         need_x, need_p, need_q, need_w, need_b = ctx.needs_input_grad[:5]
+        p, q = ctx.ratios
         acc = mean.dtype
         n, c = x.shape[:2]
         x3 = x.reshape(n, c, -1)
@@ -152,16 +183,7 @@ class _FusedSwitchNorm(torch.autograd.Function):
         sum_g = g3.sum(-1)  # (N, C): sum_l dy
         sum_gx = None  # (N, C): sum_l dy * x_hat
         if need_x or need_p or need_q or need_w:
-            if xa.is_cuda:
-                sum_gx = torch.linalg.vecdot(g3, xa - mean.unsqueeze(-1), dim=-1)
-            else:
-                sum_gx = torch.linalg.vecdot(g3, xa, dim=-1).sub_(mean * sum_g)
-                rows = _rows_needing_two_pass(mean, rstd.pow(-2))
-                if rows.numel():
-                    centred = xa.reshape(-1, length)[rows] - mean.view(-1)[rows].unsqueeze(-1)
-                    sum_gx.view(-1)[rows] = torch.linalg.vecdot(
-                        g3.reshape(-1, length)[rows], centred, dim=-1)
-            sum_gx = sum_gx * rstd
+            sum_gx = _sum_dy_xhat(g3, xa, mean, rstd)
 
         grad_x = grad_p = grad_q = grad_w = grad_b = None
         if need_b:
@@ -171,35 +193,36 @@ class _FusedSwitchNorm(torch.autograd.Function):
         if not (need_x or need_p or need_q):
             return grad_x, grad_p, grad_q, grad_w, grad_b, None, None, None, None, None, None
 
-        gain = rstd if weight is None else rstd * weight  # (N, C): d y / d x_hat * rstd
+        gain = rstd if weight is None else rstd * weight  # (N, C): dy/dx at fixed moments
         grad_mean = -gain * sum_g  # dL/d mean (mixed), (N, C)
-        grad_var = -0.5 * gain * rstd * sum_gx  # dL/d var (mixed), (N, C)
+        grad_var = gain.mul(rstd).mul_(sum_gx).mul_(-0.5)  # dL/d var (mixed), (N, C)
         bn_moments = _pool(mean_in, var_in, 0) if ctx.batch_stats else ctx.bn_moments
-        branches = _BranchMoments(mean_in, var_in, ctx.normalizers, bn_moments)
+        moments = _branches(mean_in, var_in, ctx.normalizers, bn_moments)
         if need_p:
-            grad_p = torch.stack([(grad_mean * m).sum() for m, _ in branches.moments])
-            grad_p = grad_p.to(ctx.dtypes[0])
+            grad_p = torch.stack([(grad_mean * m).sum() for m, _ in moments]).to(ctx.dtypes[0])
         if need_q:
-            grad_q = torch.stack([(grad_var * v).sum() for _, v in branches.moments])
-            grad_q = grad_q.to(ctx.dtypes[1])
+            grad_q = torch.stack([(grad_var * v).sum() for _, v in moments]).to(ctx.dtypes[1])
         if need_x:
             # dL/d mean_in and dL/d var_in through every branch that pools them.
-            grad_m = torch.zeros_like(mean)
-            grad_v = torch.zeros_like(mean)
+            grad_m, grad_v = [], []
             for k, name in enumerate(ctx.normalizers):
                 if name == 'in':
-                    grad_m = grad_m + mean_ratios[k] * grad_mean
-                    grad_v = grad_v + var_ratios[k] * grad_var
+                    grad_m.append((p[k], grad_mean))
+                    grad_v.append((q[k], grad_var))
                 elif name == 'ln' or ctx.batch_stats:
                     dim = 1 if name == 'ln' else 0
-                    pooled_mean = branches.moments[k][0]
-                    grad_var_pooled = var_ratios[k] * grad_var.mean(dim, keepdim=True)
-                    grad_m = (grad_m + mean_ratios[k] * grad_mean.mean(dim, keepdim=True) +
-                              2 * grad_var_pooled * (mean_in - pooled_mean))
-                    grad_v = grad_v + grad_var_pooled
+                    grad_m.append((p[k], grad_mean.mean(dim, keepdim=True)))
+                    if not (isinstance(q[k], float) and q[k] == 0.0):
+                        pooled = grad_var.mean(dim, keepdim=True)
+                        grad_m.append((2 * q[k], pooled * (mean_in - moments[k][0])))
+                        grad_v.append((q[k], pooled))
+            grad_m = _mix(grad_m)
+            grad_v = _mix(grad_v)
+            grad_m = torch.zeros_like(mean) if grad_m is None else grad_m.expand(n, c)
+            grad_v = torch.zeros_like(mean) if grad_v is None else grad_v.expand(n, c)
             # dx = gain * dy + grad_m / L + grad_v * 2 (x - mean_in) / L
             coef_x = grad_v * (2.0 / length)
-            const = grad_m / length - coef_x * mean_in
+            const = torch.addcmul(grad_m / length, coef_x, mean_in, value=-1)
             grad_x = _affine_rows(xa, coef_x, const).addcmul_(g3, gain.unsqueeze(-1))
             grad_x = grad_x.to(x.dtype).view(x.shape)
         return grad_x, grad_p, grad_q, grad_w, grad_b, None, None, None, None, None, None

@@ -1,0 +1,62 @@
+"""SN/SSN against BatchNorm on this machine: layer train time and memory, network latency.
+
+    python tools/benchmark.py --out outputs/benchmark.json [--threads 2] [--repeats 10]
+        [--skip-networks] [--train-iteration] [--latched bn in ln in-bn]
+
+Prints markdown tables (ratios are medians over the ResNet-50 norm shapes at
+batch 2 and 8) and writes every measurement as JSON.
+"""
+import argparse
+import json
+import os
+
+import torch
+
+from ssn_plugins import benchmark
+
+MMDET_CONFIG = 'configs/mmdet/mask-rcnn_r50-ssn_fpn_1x_coco.py'
+MMSEG_CONFIG = 'configs/mmseg/pspnet_r50-ssn-d8_4xb4-80k_ade20k-512x512.py'
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Benchmark SN/SSN against BatchNorm')
+    parser.add_argument('--out', default='outputs/benchmark.json', help='JSON file to write')
+    parser.add_argument('--threads', type=int, default=2, help='torch.set_num_threads')
+    parser.add_argument('--batches', type=int, nargs='+', default=[2, 8])
+    parser.add_argument('--repeats', type=int, default=10, help='timed calls per layer candidate')
+    parser.add_argument('--latched', nargs='+', default=['bn'],
+                        help="latched SSN choices to time: 'bn', 'in', 'ln' or 'MEAN-VAR' (e.g. in-bn)")
+    parser.add_argument('--skip-layers', action='store_true')
+    parser.add_argument('--skip-networks', action='store_true')
+    parser.add_argument('--net-size', type=int, default=256, help='square input of the networks')
+    parser.add_argument('--net-repeats', type=int, default=5)
+    parser.add_argument('--mmdet-config', default=MMDET_CONFIG)
+    parser.add_argument('--mmseg-config', default=MMSEG_CONFIG)
+    parser.add_argument('--train-iteration', action='store_true',
+                        help='also time a Mask R-CNN training iteration with SSN/SN/BN/GN (slow)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = dict(device='cpu', threads=args.threads, torch=torch.__version__,
+                  memory_measure='bytes saved by autograd for backward (saved_tensors_hooks)')
+    if not args.skip_layers:
+        result['layers'] = benchmark.layer_benchmark(args.batches, repeats=args.repeats,
+                                                     latched=args.latched, log=print)
+    if not args.skip_networks:
+        result['networks'] = [
+            benchmark.network_benchmark(args.mmdet_config, 'mmdet', args.net_size, args.net_repeats),
+            benchmark.network_benchmark(args.mmseg_config, 'mmseg', args.net_size, args.net_repeats)]
+    if args.train_iteration:
+        result['train_iteration'] = benchmark.train_iteration_benchmark(args.mmdet_config)
+    print(benchmark.format_tables(result))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(result, f, indent=1)
+    print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()
