@@ -255,3 +255,15 @@ def test_extra_repr_and_init():
     assert torch.equal(layer.running_var, torch.ones(8))
     assert set(dict(layer.named_buffers())) == {'running_mean', 'running_var', 'radius', 'mean_choice',
                                                   'var_choice'}
+
+
+@pytest.mark.parametrize('cls', [SwitchNorm2d, SparseSwitchNorm2d])
+def test_inplace_relu_after_the_layer_trains(cls):
+    # every mmdet/mmseg ResNet applies ReLU(inplace=True) to the norm's output
+    layer = _randomise(cls(4))
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    torch.relu_(layer(x)).sum().backward()
+    expected = x.grad.clone()
+    x.grad = None
+    torch.relu(layer(x)).sum().backward()
+    torch.testing.assert_close(x.grad, expected)

@@ -79,14 +79,17 @@ def _affine_rows(x3: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """``x3 * scale + shift`` with per-(n, c) ``scale``/``shift`` (N, C), one pass.
 
     ATen's eval-mode batch norm on an (1, N*C, L) view is a single fused,
-    vectorised kernel (faster than a broadcast ``addcmul`` on CPU).
+    vectorised kernel (faster than a broadcast ``addcmul`` on CPU).  Returns
+    that (1, N*C, L) tensor itself, not a view of it: the Function's output
+    must not be a view, or in-place ops after it (ReLU(inplace=True) in
+    every ResNet) are refused by autograd.
     """
     n, c, length = x3.shape
     ones = torch.ones(n * c, dtype=x3.dtype, device=x3.device)
     zeros = torch.zeros(n * c, dtype=x3.dtype, device=x3.device)
     y = torch.batch_norm(x3.reshape(1, n * c, length), scale.reshape(-1), shift.reshape(-1), zeros,
                          ones, False, 0.0, 0.0, False)
-    return y.view(n, c, length)
+    return y
 
 
 def _scalars(ratios: Tensor, dtype: torch.dtype) -> list:
@@ -164,7 +167,7 @@ class _FusedSwitchNorm(torch.autograd.Function):
         ctx.bn_moments = None if batch_stats else bn_moments  # running stats (eval) or None
         ctx.dtypes = (mean_ratios.dtype, var_ratios.dtype, None if weight is None else weight.dtype,
                       None if bias is None else bias.dtype)
-        return y.to(x.dtype).view(x.shape)
+        return y.to(x.dtype)  # (1, N*C, L); reshaped outside the Function
 
     @staticmethod
     @once_differentiable
@@ -223,7 +226,7 @@ class _FusedSwitchNorm(torch.autograd.Function):
             # dx = gain * dy + grad_m / L + grad_v * 2 (x - mean_in) / L
             coef_x = grad_v * (2.0 / length)
             const = torch.addcmul(grad_m / length, coef_x, mean_in, value=-1)
-            grad_x = _affine_rows(xa, coef_x, const).addcmul_(g3, gain.unsqueeze(-1))
+            grad_x = _affine_rows(xa, coef_x, const).view(n, c, -1).addcmul_(g3, gain.unsqueeze(-1))
             grad_x = grad_x.to(x.dtype).view(x.shape)
         return grad_x, grad_p, grad_q, grad_w, grad_b, None, None, None, None, None, None
 
@@ -245,7 +248,7 @@ def fused_switch_norm(x: Tensor,
     with torch.autocast(x.device.type, enabled=False):
         y = _FusedSwitchNorm.apply(x, mean_ratios, var_ratios, weight, bias, running_mean, running_var,
                                    tuple(normalizers), training, momentum, eps)
-    return y
+    return y.view(x.shape)
 
 
 def latched_norm(x: Tensor,
