@@ -71,19 +71,21 @@ def test_configs_are_shipped():
 def test_config_contents(path):
     """What a user relies on beyond the model: plugin import, hooks, optimizer, pretrained file."""
     cfg = _load(path)
+    sparse = _expected_norm(path).endswith('SSN')
     assert cfg.custom_imports == dict(imports=['ssn_plugins'], allow_failed_imports=False)
     hooks = [h['type'] for h in cfg.custom_hooks]
     for hook in hooks:
         assert HOOKS.get(hook) is not None, hook
     assert 'SwitchNormMonitorHook' in hooks and 'SwitchNormEvalHook' in hooks
-    if _expected_norm(path).endswith('SSN'):
+    if sparse:
         radius = [h for h in cfg.custom_hooks if h['type'] == 'SSNRadiusHook']
         assert radius and radius[0].get('max_radius', 1.0) == 1.0
     keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
     for name in ('mean_weight', 'var_weight'):
         assert keys[name] == dict(lr_mult=0.1, decay_mult=0.0)
     backbone = cfg.model.backbone
-    assert backbone.type == 'ResNet' and backbone.depth == 50
+    # SSN: the released stem pool the ImageNet SSN weights were trained with
+    assert backbone.type == ('ResNetReleasedStem' if sparse else 'ResNet') and backbone.depth == 50
     assert backbone.norm_eval is False
     ckpt = 'resnet50_v1_ssn.pth' if 'ssn' in _expected_norm(path).lower() else 'resnet50_v1_sn.pth'
     assert backbone.init_cfg == dict(type='SwitchNormPretrained', checkpoint=f'checkpoints/{ckpt}')
@@ -210,3 +212,67 @@ def test_seg_config_trains_and_predicts(path):
         results = model(**data, mode='predict')
     assert results[0].seg_logits.data.shape == (num_classes, 32, 32)
     assert torch.isfinite(results[0].seg_logits.data).all()
+
+
+def _released_layout(backbone, sparse):
+    """The backbone's tensors in the layout of the released ImageNet SN/SSN files."""
+    state = {}
+    for key, value in backbone.state_dict().items():
+        prefix, name = key.rsplit('.', 1)
+        if name in ('weight', 'bias') and value.dim() == 1:
+            value = value.view(1, -1, 1, 1)
+        elif name in ('running_mean', 'running_var'):
+            value = value.view(1, -1, 1)
+        elif name in ('mean_choice', 'var_choice'):
+            which = name.split('_')[0]
+            choice = int(torch.randint(0, 3, ()))
+            state[f'{prefix}.{which}_weight'] = torch.nn.functional.one_hot(torch.tensor(choice), 3).float()
+            state[f'{prefix}.{which}_fixed'] = torch.ones(1, dtype=torch.long)
+            continue
+        elif name == 'radius':
+            value = torch.ones(1)
+        elif name == 'num_batches_tracked':
+            continue
+        if name in ('mean_weight', 'var_weight') and f'{prefix}.{name}' in state:
+            continue
+        state[key] = value.clone() if name != 'weight' or value.dim() != 4 else torch.randn_like(value)
+    state['fc.weight'], state['fc.bias'] = torch.randn(1000, 2048), torch.zeros(1000)
+    return {'state_dict': {f'module.{k}': v for k, v in state.items()}}
+
+
+@pytest.mark.parametrize('path', [DET_CONFIGS[0], SEG_CONFIGS[0],
+                                  next(p for p in DET_CONFIGS if '-sn_' in p)], ids=_id)
+def test_pretrained_backbone_comes_from_the_converted_file(path, tmp_path, monkeypatch):
+    """Released file -> tools/convert_checkpoint.py -> the config's init_cfg fills the backbone."""
+    from ssn_plugins.checkpoint import convert_checkpoint
+
+    cfg = _load(path)
+    sparse = _expected_norm(path).endswith('SSN')
+    released = MODELS.build(dict(cfg.model.backbone, init_cfg=None))
+    src = str(tmp_path / 'released.pth')
+    torch.save(_released_layout(released, sparse), src)
+    convert_checkpoint(src, str(tmp_path / cfg.model.backbone.init_cfg.checkpoint))
+
+    monkeypatch.chdir(tmp_path)  # the configs name checkpoints/ relative to the working dir
+    backbone = MODELS.build(cfg.model.backbone)
+    backbone.init_weights()
+    source = {k[len('module.'):]: v for k, v in torch.load(src, weights_only=True)['state_dict'].items()}
+    state = backbone.state_dict()
+    assert torch.equal(state['conv1.weight'], source['conv1.weight'])
+    assert torch.equal(state['layer4.2.sn3.weight'], source['layer4.2.sn3.weight'].flatten())
+    assert torch.equal(state['layer2.0.downsample.1.running_var'],
+                       source['layer2.0.downsample.1.running_var'].flatten())
+    if sparse:
+        for name, layer in backbone.named_modules():
+            if ssn_plugins.is_switch_norm(layer):
+                assert layer.latched
+                assert int(layer.mean_choice) == int(source[f'{name}.mean_weight'].argmax())
+
+
+@pytest.mark.parametrize('path', [DET_CONFIGS[0], SEG_CONFIGS[0]], ids=_id)
+def test_missing_pretrained_file_says_how_to_make_it(path, tmp_path, monkeypatch):
+    cfg = _load(path)
+    monkeypatch.chdir(tmp_path)
+    backbone = MODELS.build(dict(cfg.model.backbone, depth=18))
+    with pytest.raises(FileNotFoundError, match='tools/convert_checkpoint.py'):
+        backbone.init_weights()

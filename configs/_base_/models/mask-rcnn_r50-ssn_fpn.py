@@ -2,11 +2,13 @@
 # head (mmdet's GN-all recipe, configs/gn/mask-rcnn_r50_fpn_gn-all_2x_coco.py).
 # Stem and first stage stay frozen as in the released detection recipe
 # (Detectron FREEZE_AT=2); every other SSN layer trains, in train mode.
+# ResNetReleasedStem is mmdet's ResNet with the released SSN stem pool
+# (padding 0, ceil_mode), so the ImageNet weights see the windows they learned on.
 _base_ = 'mmdet::_base_/models/mask-rcnn_r50_fpn.py'
 norm_cfg = dict(type='SSN', requires_grad=True)
 model = dict(
     backbone=dict(
-        type='ResNet',
+        type='ResNetReleasedStem',
         depth=50,
         frozen_stages=1,
         norm_cfg=norm_cfg,

@@ -1,13 +1,15 @@
 # PSPNet R-50-D8 with SSN in the backbone, the PSPHead (1x1 pyramid-pooling
 # branch included) and the FCN auxiliary head.
-# type='ResNet' (7x7 stem), not mmseg's default ResNetV1c deep stem, so the
-# released ImageNet SSN ResNet-50 v1 fits; dilations and strides stay D8.
+# The backbone is mmseg's ResNet with the 7x7 stem (not the default ResNetV1c
+# deep stem) and the released SSN stem pool (padding 0, ceil_mode), so the
+# released ImageNet SSN ResNet-50 v1 fits and computes what it computed on
+# ImageNet; dilations and strides stay D8.
 _base_ = 'mmseg::_base_/models/pspnet_r50-d8.py'
 norm_cfg = dict(type='SSN', requires_grad=True)
 model = dict(
     pretrained=None,
     backbone=dict(
-        type='ResNet',
+        type='ResNetReleasedStem',
         depth=50,
         norm_cfg=norm_cfg,
         norm_eval=False,
