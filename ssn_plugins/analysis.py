@@ -226,7 +226,7 @@ def plot_ratios(records: Sequence[dict], path: str) -> str:
         ax.set_ylim(0, 1)
         ax.set_xlim(-0.6, n - 0.4)
         ax.set_ylabel(f'{which} ratios')
-    axes[0].legend(loc='upper right', ncol=3, fontsize=8, framealpha=0.9)
+    axes[0].legend(loc='lower right', bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize=8, frameon=False)
     axes[1].set_xticks(x)
     axes[1].set_xticklabels([r['name'] for r in records], rotation=90,
                             fontsize=max(3.0, min(8.0, 400.0 / n)))
