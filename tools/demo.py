@@ -1,6 +1,25 @@
-"""The embedded demo (synthetic data, SSN training, evaluation): not built yet."""
-import sys
+"""The embedded demo (`make demo`): synthetic shapes, SSN Mask R-CNN from scratch, COCO AP.
+
+    python tools/demo.py --out outputs/demo [--iters 600] [--num-train 300] [--num-val 50]
+"""
+import argparse
+
+from ssn_plugins.demo.run import run_demo
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--out', default='outputs/demo', help='output folder')
+    parser.add_argument('--iters', type=int, default=600, help='training iterations (batch 4)')
+    parser.add_argument('--num-train', type=int, default=300)
+    parser.add_argument('--num-val', type=int, default=50)
+    parser.add_argument('--size', type=int, default=128, help='image side in pixels')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--workers', type=int, default=1, help='data loader workers')
+    args = parser.parse_args(argv)
+    run_demo(args.out, args.iters, args.num_train, args.num_val, args.size, args.seed,
+             args.workers)
+
 
 if __name__ == '__main__':
-    print('The environment is ready; the demo itself is not implemented yet (see the open issue).')
-    sys.exit(0)
+    main()

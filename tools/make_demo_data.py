@@ -1,6 +1,6 @@
 """Write the synthetic shapes data set of the demo (COCO json + label maps).
 
-    python tools/make_demo_data.py data/ssn_demo [--num-train 300] [--num-val 50] [--size 192]
+    python tools/make_demo_data.py data/ssn_demo [--num-train 300] [--num-val 50] [--size 128]
 """
 import argparse
 
@@ -12,7 +12,7 @@ def main(argv=None):
     parser.add_argument('root', help='output folder')
     parser.add_argument('--num-train', type=int, default=300)
     parser.add_argument('--num-val', type=int, default=50)
-    parser.add_argument('--size', type=int, default=192, help='image side in pixels')
+    parser.add_argument('--size', type=int, default=128, help='image side in pixels')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--overwrite', action='store_true')
     args = parser.parse_args(argv)

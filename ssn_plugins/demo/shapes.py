@@ -109,7 +109,7 @@ def make_split(root: str, split: str, num_images: int, size: int, seed: int,
     return coco
 
 
-def make_demo_dataset(root: str, num_train: int = 300, num_val: int = 50, size: int = 192,
+def make_demo_dataset(root: str, num_train: int = 300, num_val: int = 50, size: int = 128,
                       seed: int = 0, overwrite: bool = False) -> dict:
     """Write the train and val splits under ``root``; returns their COCO dicts.
 
