@@ -63,29 +63,41 @@ def switch_norm_stats(model: nn.Module) -> dict[str, float]:
     and variance ratios (0 once every layer is one-hot); for SSN layers also
     ``ssn_latched``, the share of layers whose mean and variance choices are
     both latched, and ``ssn_radius``, their mean radius.  Empty if ``model`` has
-    no SN/SSN layer.
+    no SN/SSN layer.  Layers of the same kind are evaluated in one batched
+    softmax/SparsestMax with a single device-to-host copy, so calling this
+    every iteration costs about as much as one small layer's forward.
     """
-    entropies, latched, radii = [], [], []
+    groups: dict[tuple, list] = {}
     for layer in _unwrap(model).modules():
-        if not is_switch_norm(layer):
-            continue
-        mean, var = layer.ratios()
-        entropies.append(0.5 * (_entropy(mean) + _entropy(var)))
-        if isinstance(layer, _SparseSwitchNorm):
-            latched.append(float(layer.latched))
-            radii.append(float(layer.radius))
-    if not entropies:
+        if is_switch_norm(layer):
+            sparse = isinstance(layer, _SparseSwitchNorm)
+            key = (sparse, len(layer.normalizers), layer.mode if sparse else None)
+            groups.setdefault(key, []).append(layer)
+    if not groups:
         return {}
-    stats = {'ssn_entropy': sum(entropies) / len(entropies)}
+    entropies, latched, radii = [], [], []
+    with torch.no_grad():
+        for (sparse, k, mode), layers in groups.items():
+            logits = torch.stack([torch.stack([m.mean_weight, m.var_weight]) for m in layers]).float()
+            if not sparse:
+                ratios = F.softmax(logits, -1)  # (L, 2, K)
+            else:
+                radius = torch.stack([m.radius for m in layers]).float()  # (L,)
+                choice = torch.stack([torch.stack([m.mean_choice, m.var_choice]) for m in layers])
+                ratios = sparsestmax(logits, radius.unsqueeze(-1), mode=mode)
+                one_hot = F.one_hot(choice.clamp(min=0), k).to(ratios.dtype)
+                ratios = torch.where((choice >= 0).unsqueeze(-1), one_hot, ratios)
+                latched.append((choice >= 0).all(-1).float())
+                radii.append(radius)
+            entropies.append(-(ratios * ratios.clamp_min(1e-30).log()).sum(-1).mean(-1))
+    values = [torch.cat(entropies).mean()]
     if latched:
-        stats['ssn_latched'] = sum(latched) / len(latched)
-        stats['ssn_radius'] = sum(radii) / len(radii)
+        values += [torch.cat(latched).mean(), torch.cat(radii).mean()]
+    values = torch.stack(values).tolist()
+    stats = {'ssn_entropy': values[0]}
+    if latched:
+        stats['ssn_latched'], stats['ssn_radius'] = values[1], values[2]
     return stats
-
-
-def _entropy(p: Tensor) -> float:
-    p = p.double()
-    return float(-(p * torch.log(p.clamp_min(1e-300))).sum())
 
 
 def load_state_dict(path: str) -> 'OrderedDict[str, Tensor]':

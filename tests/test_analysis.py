@@ -74,6 +74,26 @@ def test_json_equals_the_layers_ratios(tmp_path):
     assert records[-1]['mean'] == pytest.approx(F.softmax(model[6].mean_weight, 0).tolist())
 
 
+def test_batched_stats_equal_the_layers_ratios():
+    """The monitor's batched summary equals the entropies of every layer's own ratios()."""
+    model = _mixed_model()
+    model[3].mean_choice.fill_(2)  # mean latched, variance not: only half of the layer is one-hot
+    records = collect_ratios(model)
+
+    def entropy(p):
+        return -sum(x * math.log(x) for x in p if x > 0)
+
+    sparse = [r for r in records if r['type'] == 'SSN']
+    expected = {
+        'ssn_entropy': sum(0.5 * (entropy(r['mean']) + entropy(r['var'])) for r in records) / len(records),
+        'ssn_latched': sum(r['latched'] for r in sparse) / len(sparse),
+        'ssn_radius': (1.0 + 0.3 + 0.5 + 0.2) / 4,
+    }
+    assert records[1]['mean'] == [0, 0, 1] and not records[1]['latched']
+    assert switch_norm_stats(model) == pytest.approx(expected, abs=1e-6)
+    assert switch_norm_stats(nn.Sequential(nn.Conv2d(1, 1, 1))) == {}
+
+
 def test_png_is_a_real_figure(tmp_path):
     import matplotlib.image as mpimg
 
