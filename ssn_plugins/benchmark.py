@@ -140,11 +140,11 @@ def settle(model: nn.Module, choices: Sequence[tuple[str, str]]) -> nn.Module:
 
 def build_model(config: str, scope: str, norm: Optional[dict] = None) -> nn.Module:
     """Build the model of ``config`` (no pretrained weights) with its SN/SSN swapped for ``norm``."""
-    from mmengine.config import Config
+    from mmengine.config import Config, ConfigDict
     from mmengine.registry import MODELS, init_default_scope
     cfg = Config.fromfile(config)
     init_default_scope(scope)
-    model_cfg = swap_norm(cfg.model.to_dict(), norm)
+    model_cfg = ConfigDict(swap_norm(cfg.model.to_dict(), norm))  # mmdet reads train_cfg.rpn
     model_cfg['backbone']['init_cfg'] = None
     model_cfg['backbone']['norm_eval'] = False
     if 'pretrained' in model_cfg:

@@ -1,7 +1,7 @@
 """Deployment: replace settled SN/SSN layers by plain PyTorch norms, then fold BN into convs.
 
 Once an SSN layer has latched (or an SN layer's ratios are exactly one-hot),
-it *is* a BatchNorm, an InstanceNorm (GroupNorm(C, C)) or a LayerNorm over
+it *is* a BatchNorm, an InstanceNorm (GroupNorm(C, C), see :class:`InstanceNorm`) or a LayerNorm over
 (C, H, W) (GroupNorm(1, C)).
 :func:`collapse_norms` swaps in that module (same parameters and running
 statistics), so inference runs PyTorch's kernels and every tool that knows
@@ -29,13 +29,32 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .norm.switch_norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
                                _SparseSwitchNorm, _SwitchNormBase)
 
-__all__ = ['collapse_norms', 'collapse_plan', 'plain_norm', 'fold_conv_bn', 'build_collapsed',
+__all__ = ['InstanceNorm', 'collapse_norms', 'collapse_plan', 'plain_norm', 'fold_conv_bn', 'build_collapsed',
            'deploy_checkpoint']
 
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _SSN = {1: SparseSwitchNorm1d, 2: SparseSwitchNorm2d, 3: SparseSwitchNorm3d}
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _RANKS = {(2, 3): 1, (4,): 2, (5,): 3}
+
+
+class InstanceNorm(nn.GroupNorm):
+    """Instance norm with affine for any input (N, C, *): ``GroupNorm(C, C)`` that takes 1x1 maps.
+
+    ``nn.InstanceNorm*d`` and ``GroupNorm`` refuse maps with one value per
+    (n, c) (PSPNet's and ASPP's pooling branches); there the result is ``bias``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__(num_features, num_features, eps=eps, affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() != x.shape[0] * x.shape[1]:
+            return super().forward(x)
+        y = torch.zeros_like(x)  # (x - mean) is 0 when the map has one value
+        if self.bias is not None:
+            y = y + self.bias.view((1, -1) + (1, ) * (x.dim() - 2))
+        return y
 
 
 def _rank(layer: _SwitchNormBase) -> Optional[int]:
@@ -88,9 +107,7 @@ def plain_norm(layer: _SwitchNormBase,
         bn.running_var.copy_(layer.running_var)
         return _copy_affine(layer, bn)
     if mean_name == var_name == 'in':
-        # GroupNorm(C, C) is InstanceNorm with affine; InstanceNorm*d rejects 1x1 maps (PSPNet's
-        # pooling branch) and takes (N, C) input as unbatched.
-        return _copy_affine(layer, nn.GroupNorm(c, c, eps=layer.eps, affine=layer.affine))
+        return _copy_affine(layer, InstanceNorm(c, eps=layer.eps, affine=layer.affine))
     if mean_name == var_name == 'ln':
         return _copy_affine(layer, nn.GroupNorm(1, c, eps=layer.eps, affine=layer.affine))
     if isinstance(layer, _SparseSwitchNorm) or rank is None:

@@ -35,7 +35,7 @@ def _settle(model, choices=CHOICES):
 
 
 @pytest.mark.parametrize('choice,expected', [(('bn', 'bn'), nn.BatchNorm2d),
-                                             (('in', 'in'), nn.GroupNorm),
+                                             (('in', 'in'), deploy.InstanceNorm),
                                              (('ln', 'ln'), nn.GroupNorm),
                                              (('in', 'bn'), SparseSwitchNorm2d)])
 def test_each_choice_becomes_the_plain_module(choice, expected):
@@ -55,7 +55,8 @@ def test_other_ranks(cls, shape, choice):
     x = torch.randn(shape)
     y = model(x)
     collapse_norms(model, fuse_conv=False)
-    torch.testing.assert_close(model(x), y, atol=1e-5, rtol=1e-5)
+    # (N, C) input with IN: var = 0, and the dense path's x * rsqrt(eps) + shift loses ~1e-4
+    torch.testing.assert_close(model(x), y, atol=5e-4 if len(shape) == 2 else 1e-5, rtol=1e-5)
 
 
 def test_one_hot_sn_collapses_and_soft_sn_is_left_with_a_log_line(monkeypatch):
@@ -106,16 +107,49 @@ def test_fold_skips_norm_before_conv_in_convmodule():
     assert deploy.fold_conv_bn(module) == 0
 
 
+MASK_RCNN = """
+_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
+custom_imports = dict(imports=['ssn_plugins'], allow_failed_imports=False)
+ssn = dict(type='SSN')
+model = dict(
+    backbone=dict(depth=18, norm_cfg=ssn, norm_eval=False, init_cfg=None),
+    neck=dict(in_channels=[64, 128, 256, 512], out_channels=32, norm_cfg=ssn),
+    rpn_head=dict(in_channels=32, feat_channels=32),
+    roi_head=dict(bbox_roi_extractor=dict(out_channels=32),
+                  bbox_head=dict(in_channels=32, fc_out_channels=64, num_classes=3),
+                  mask_roi_extractor=dict(out_channels=32),
+                  mask_head=dict(in_channels=32, conv_out_channels=32, num_classes=3,
+                                 norm_cfg=ssn)))
+"""
+PSPNET = """
+_base_ = 'mmseg::_base_/models/pspnet_r50-d8.py'
+custom_imports = dict(imports=['ssn_plugins'], allow_failed_imports=False)
+ssn = dict(type='SSN')
+data_preprocessor = dict(type='SegDataPreProcessor', size=(96, 96))
+model = dict(
+    pretrained=None, data_preprocessor=data_preprocessor,
+    backbone=dict(depth=18, norm_cfg=ssn, init_cfg=None),
+    decode_head=dict(in_channels=512, channels=32, num_classes=4, norm_cfg=ssn),
+    auxiliary_head=dict(in_channels=256, channels=16, num_classes=4, norm_cfg=ssn))
+"""
+
+
+def _config(tmp_path, text):
+    path = tmp_path / 'model_config.py'
+    path.write_text(text)
+    return str(path)
+
+
 def _build(config, scope):
-    cfg = Config.fromfile(os.path.join(ROOT, config))
+    cfg = Config.fromfile(config)
     init_default_scope(scope)
     return cfg, MODELS.build(cfg.model)
 
 
-def test_mask_rcnn_collapsed_outputs_equal():
+def test_mask_rcnn_collapsed_outputs_equal(tmp_path):
     from mmdet.testing import demo_mm_inputs
     torch.manual_seed(0)
-    _, model = _build('configs/demo/mask-rcnn_r18-ssn_fpn_demo.py', 'mmdet')
+    _, model = _build(_config(tmp_path, MASK_RCNN), 'mmdet')
     model = _settle(model).eval()
     data = model.data_preprocessor(demo_mm_inputs(1, (3, 128, 160), with_mask=True), False)
     with torch.no_grad():
@@ -130,10 +164,15 @@ def test_mask_rcnn_collapsed_outputs_equal():
                         list(feats) + list(rpn_logits)):
             assert (a - b).abs().max() <= 1e-4
         after = model.predict(data['inputs'], data['data_samples'])[0].pred_instances
+    # Same detections: each box has a twin (same label, score within 1e-4, IoU >= 0.99) on
+    # the other side; an untrained RPN ties many proposals, so order and NMS picks may vary.
+    from mmdet.structures.bbox import bbox_overlaps
     assert len(before) == len(after) > 0
-    assert torch.equal(before.labels, after.labels)
-    torch.testing.assert_close(after.scores, before.scores, atol=1e-4, rtol=0)
-    torch.testing.assert_close(after.bboxes, before.bboxes, atol=1e-3, rtol=0)
+    iou = bbox_overlaps(after.bboxes, before.bboxes)
+    same = (after.labels[:, None] == before.labels[None]) & (
+        (after.scores[:, None] - before.scores[None]).abs() <= 1e-4)
+    iou[~same] = 0
+    assert iou.max(1).values.min() >= 0.99 and iou.max(0).values.min() >= 0.99
 
 
 def _seg_inputs(model):
@@ -149,7 +188,7 @@ def test_pspnet_deploy_tool_round_trip(tmp_path):
     import deploy as deploy_tool  # tools/deploy.py
     sys.path.pop(0)
     torch.manual_seed(0)
-    config = os.path.join(ROOT, 'configs/demo/pspnet_r18-ssn_demo.py')
+    config = _config(tmp_path, PSPNET)
     _, model = _build(config, 'mmseg')
     model = _settle(model).eval()
     checkpoint = str(tmp_path / 'trained.pth')
@@ -168,6 +207,17 @@ def test_pspnet_deploy_tool_round_trip(tmp_path):
     load_checkpoint(deployed, str(tmp_path / 'deployed.pth'), strict=True)
     deployed.eval()
     assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
+    assert any(isinstance(m, deploy.InstanceNorm) for m in deployed.modules())
     with torch.no_grad():
         after = deployed.predict(data['inputs'], data['data_samples'])[0].seg_logits.data
     assert (after - before).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize('choice', CHOICES)
+def test_collapsed_layers_take_one_by_one_maps(choice):
+    model = _settle(nn.Sequential(SparseSwitchNorm2d(6)), [choice]).eval()
+    x = torch.randn(1, 6, 1, 1)
+    y = model(x)
+    collapse_norms(model, fuse_conv=False)
+    # the dense path's y = x * rsqrt(eps) + shift loses ~1e-4 in float32 when var = 0
+    torch.testing.assert_close(model(x), y, atol=5e-4, rtol=0)

@@ -94,3 +94,17 @@ def test_overridden_bn_pool_falls_back_to_dense_path(monkeypatch):
     x = torch.randn(3, 4, 5, 5)
     torch.testing.assert_close(layer(x), reference(x), atol=1e-5, rtol=1e-5)
     assert calls, 'the overridden _bn_pool was not used'
+
+
+@pytest.mark.parametrize('choice', CHOICES)
+@pytest.mark.parametrize('training', [True, False])
+def test_one_by_one_maps(choice, training):
+    """PSPNet's pooling branch: one value per (n, c); IN gives the bias, no error."""
+    if training and choice == ('bn', 'bn'):
+        pytest.skip('batch statistics of a single value per channel: BatchNorm2d refuses too')
+    layer = _latched(SparseSwitchNorm2d, 6, *choice).train(training)
+    x = torch.randn(1, 6, 1, 1, requires_grad=True)
+    y = layer(x)
+    # var = 0: y = x * rsqrt(eps) - x * rsqrt(eps) + bias loses ~1e-4 in float32
+    torch.testing.assert_close(y, _dense(layer, x), atol=5e-4, rtol=0)
+    y.sum().backward()

@@ -259,8 +259,10 @@ def latched_norm(x: Tensor,
                  bias: Optional[Tensor],
                  training: bool,
                  momentum: float,
-                 eps: float) -> Tensor:
+                 eps: float) -> Optional[Tensor]:
     """A layer latched on one normalizer for both mean and variance, on PyTorch's kernel.
+
+    Returns None where no such kernel applies (IN on 1x1 maps).
 
     ``'bn'`` is ``F.batch_norm`` (updates the running buffers in training, as
     the dense path does); ``'in'`` is ``F.group_norm`` with C groups and
@@ -269,8 +271,10 @@ def latched_norm(x: Tensor,
     """
     if choice == 'bn':
         return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
-    if choice == 'in':  # GroupNorm(C, C): unlike instance_norm it accepts 1x1 maps
-        return F.group_norm(x, x.shape[1], weight, bias, eps)
+    if choice == 'in':
+        if x.numel() == x.shape[0] * x.shape[1]:
+            return None  # 1x1 maps: PyTorch's IN/GN kernels refuse them, the dense path is exact
+        return F.group_norm(x, x.shape[1], weight, bias, eps)  # IN with affine
     if choice == 'ln':
         return F.group_norm(x, 1, weight, bias, eps)
     raise ValueError(f"latched_norm: choice must be 'in', 'ln' or 'bn', got {choice!r}")

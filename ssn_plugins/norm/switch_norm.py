@@ -126,8 +126,9 @@ class _SwitchNormBase(nn.Module):
             affine_bias = bias if self.bias is not None else None
             y = latched_norm(x, choices[0], self.running_mean, self.running_var, self.weight,
                              affine_bias, self.training, self.momentum, self.eps)
-            return y if anchor is None or affine_bias is not None else y + anchor
-        if choices:
+            if y is not None:
+                return y if anchor is None or affine_bias is not None else y + anchor
+        if mean_ratios is None:
             mean_ratios, var_ratios = self._ratios(latch=self.training)
         return switch_norm(x, mean_ratios, var_ratios, self.normalizers,
                            self.running_mean, self.running_var, self.weight, bias,
