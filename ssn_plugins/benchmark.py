@@ -30,9 +30,18 @@ RESNET50_NORM_SHAPES = [(64, 112), (64, 56), (256, 56), (128, 56), (128, 28), (5
 _SWITCH_TYPES = ('SN', 'SSN', 'SN1d', 'SN3d', 'SSN1d', 'SSN3d', 'SyncSN', 'SyncSSN')
 
 
+#: ``'wall'``: elapsed time; ``'cpu'``: CPU time of this process (all threads), which time
+#: slices lost to other processes do not inflate: with one thread, the robust measure on a
+#: shared machine.
+CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
+
+
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-                     seed: int = 0) -> dict[str, list[float]]:
+                     seed: int = 0, clock: str = 'wall') -> dict[str, list[float]]:
     """Seconds of each call of each function, calls interleaved in a fresh random order."""
+    if clock not in CLOCKS:
+        raise ValueError(f'clock must be one of {sorted(CLOCKS)}, got {clock!r}')
+    clock = CLOCKS[clock]
     rng = random.Random(seed)
     names = list(fns)
     for _ in range(warmup):
@@ -42,9 +51,9 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
     for _ in range(repeats):
         rng.shuffle(names)
         for name in names:
-            start = time.perf_counter()
+            start = clock()
             fns[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 
@@ -84,7 +93,8 @@ def layer_benchmark(batches: Sequence[int] = (2, 8),
                     shapes: Sequence[tuple[int, int]] = tuple(RESNET50_NORM_SHAPES),
                     repeats: int = 10,
                     latched: Sequence[str] = ('bn', ),
-                    log: Optional[Callable[[str], None]] = None) -> list[dict]:
+                    log: Optional[Callable[[str], None]] = None,
+                    clock: str = 'wall') -> list[dict]:
     """Train-mode forward+backward time and saved bytes of each layer kind per shape.
 
     Returns one record per (batch, shape) with ``time_ms`` and ``saved_bytes``
@@ -104,7 +114,7 @@ def layer_benchmark(batches: Sequence[int] = (2, 8),
                 layer(x).backward(grad)
 
             fns = {name: (lambda layer=layer: step(layer)) for name, layer in layers.items()}
-            times = time_interleaved(fns, repeats)
+            times = time_interleaved(fns, repeats, clock=clock)
             memory = {name: saved_bytes(lambda layer=layer: layer(x)) for name, layer in layers.items()}
             record = dict(shape=[n, c, h, h], time_ms=_ms(times, 'min'),
                           median_ms=_ms(times, 'median'), saved_bytes=memory)
@@ -164,7 +174,8 @@ def _forward_fn(model: nn.Module, size: int, scope: str) -> Callable[[], object]
 
 def network_benchmark(config: str, scope: str, size: int = 256, repeats: int = 5,
                       mixed: Sequence[tuple[str, str]] = (('bn', 'bn'), ('in', 'in'), ('ln', 'ln'),
-                                                          ('bn', 'in'))) -> dict:
+                                                          ('bn', 'in')),
+                      clock: str = 'wall') -> dict:
     """Inference latency (ms) of an SSN network before/after collapse_norms vs BN fused.
 
     Variants: ``ssn_dense`` (not latched), ``ssn_latched_bn`` (every layer on
@@ -188,12 +199,13 @@ def network_benchmark(config: str, scope: str, size: int = 256, repeats: int = 5
     variants['bn_fused'] = bn
     fns = {name: _forward_fn(model, size, scope) for name, model in variants.items()}
     with torch.no_grad():
-        times = time_interleaved(fns, repeats)
+        times = time_interleaved(fns, repeats, clock=clock)
     return dict(config=config, input=[1, 3, size, size], latency_ms=_ms(times, 'min'),
                 median_ms=_ms(times, 'median'))
 
 
-def train_iteration_benchmark(config: str, size: int = 256, batch: int = 2, repeats: int = 3) -> dict:
+def train_iteration_benchmark(config: str, size: int = 256, batch: int = 2, repeats: int = 3,
+                              clock: str = 'wall') -> dict:
     """One Mask R-CNN training iteration (loss, backward) with SSN, SN, BN and GN (ms)."""
     from mmdet.testing import demo_mm_inputs
     torch.manual_seed(0)
@@ -211,7 +223,7 @@ def train_iteration_benchmark(config: str, size: int = 256, batch: int = 2, repe
         total.backward()
 
     fns = {name: (lambda model=model: step(model)) for name, model in models.items()}
-    times = time_interleaved(fns, repeats)
+    times = time_interleaved(fns, repeats, clock=clock)
     return dict(config=config, input=[batch, 3, size, size], iteration_ms=_ms(times, 'min'),
                 median_ms=_ms(times, 'median'))
 

@@ -22,8 +22,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Benchmark SN/SSN against BatchNorm')
     parser.add_argument('--out', default='outputs/benchmark.json', help='JSON file to write')
     parser.add_argument('--threads', type=int, default=2, help='torch.set_num_threads')
+    parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
+                        help="'cpu': process CPU time, robust to other load (use with --threads 1)")
     parser.add_argument('--batches', type=int, nargs='+', default=[2, 8])
     parser.add_argument('--repeats', type=int, default=10, help='timed calls per layer candidate')
+    parser.add_argument('--shapes', nargs='+', default=None,
+                        help='CxH norm input shapes (default: the distinct ones of ResNet-50)')
     parser.add_argument('--latched', nargs='+', default=['bn'],
                         help="latched SSN choices to time: 'bn', 'in', 'ln' or 'MEAN-VAR' (e.g. in-bn)")
     parser.add_argument('--skip-layers', action='store_true')
@@ -40,17 +44,22 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = dict(device='cpu', threads=args.threads, torch=torch.__version__,
+    result = dict(device='cpu', threads=args.threads, clock=args.clock,
+                  torch=torch.__version__,
                   memory_measure='bytes saved by autograd for backward (saved_tensors_hooks)')
     if not args.skip_layers:
-        result['layers'] = benchmark.layer_benchmark(args.batches, repeats=args.repeats,
-                                                     latched=args.latched, log=print)
+        shapes = benchmark.RESNET50_NORM_SHAPES if args.shapes is None else [
+            tuple(int(v) for v in shape.split('x')) for shape in args.shapes]
+        result['layers'] = benchmark.layer_benchmark(args.batches, shapes, args.repeats,
+                                                     args.latched, print, args.clock)
     if not args.skip_networks:
         result['networks'] = [
-            benchmark.network_benchmark(args.mmdet_config, 'mmdet', args.net_size, args.net_repeats),
-            benchmark.network_benchmark(args.mmseg_config, 'mmseg', args.net_size, args.net_repeats)]
+            benchmark.network_benchmark(config, scope, args.net_size, args.net_repeats,
+                                        clock=args.clock)
+            for config, scope in ((args.mmdet_config, 'mmdet'), (args.mmseg_config, 'mmseg'))]
     if args.train_iteration:
-        result['train_iteration'] = benchmark.train_iteration_benchmark(args.mmdet_config)
+        result['train_iteration'] = benchmark.train_iteration_benchmark(
+            args.mmdet_config, clock=args.clock)
     print(benchmark.format_tables(result))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
