@@ -29,8 +29,8 @@ from .norm.switch_norm import _SparseSwitchNorm, is_switch_norm
 from .ops.sparsestmax import SPARSESTMAX_MODES, sparsestmax
 
 __all__ = [
-    'collect_ratios', 'ratios_from_state_dict', 'load_state_dict', 'switch_norm_stats',
-    'format_summary', 'plot_ratios', 'write_ratios'
+    'collect_ratios', 'ratios_from_state_dict', 'ratios_from_checkpoint', 'load_state_dict',
+    'build_model_from_config', 'switch_norm_stats', 'format_summary', 'plot_ratios', 'write_ratios'
 ]
 
 _LABELS = {'in': 'IN', 'ln': 'LN', 'bn': 'BN'}

@@ -214,7 +214,7 @@ def test_seg_config_trains_and_predicts(path):
     assert torch.isfinite(results[0].seg_logits.data).all()
 
 
-def _released_layout(backbone, sparse):
+def _released_layout(backbone):
     """The backbone's tensors in the layout of the released ImageNet SN/SSN files."""
     state = {}
     for key, value in backbone.state_dict().items():
@@ -250,7 +250,7 @@ def test_pretrained_backbone_comes_from_the_converted_file(path, tmp_path, monke
     sparse = _expected_norm(path).endswith('SSN')
     released = MODELS.build(dict(cfg.model.backbone, init_cfg=None))
     src = str(tmp_path / 'released.pth')
-    torch.save(_released_layout(released, sparse), src)
+    torch.save(_released_layout(released), src)
     convert_checkpoint(src, str(tmp_path / cfg.model.backbone.init_cfg.checkpoint))
 
     monkeypatch.chdir(tmp_path)  # the configs name checkpoints/ relative to the working dir
