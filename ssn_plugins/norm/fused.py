@@ -164,7 +164,7 @@ class _FusedSwitchNorm(torch.autograd.Function):
         ctx.ratios = (p, q)
         ctx.normalizers = normalizers
         ctx.batch_stats = batch_stats
-        ctx.bn_moments = None if batch_stats else bn_moments  # running stats (eval) or None
+        ctx.moments = moments  # small (N, C) / (N, 1) / (1, C) intermediates, reused by backward
         ctx.dtypes = (mean_ratios.dtype, var_ratios.dtype, None if weight is None else weight.dtype,
                       None if bias is None else bias.dtype)
         return y.to(x.dtype)  # (1, N*C, L); reshaped outside the Function
@@ -199,8 +199,7 @@ class _FusedSwitchNorm(torch.autograd.Function):
         gain = rstd if weight is None else rstd * weight  # (N, C): dy/dx at fixed moments
         grad_mean = -gain * sum_g  # dL/d mean (mixed), (N, C)
         grad_var = gain.mul(rstd).mul_(sum_gx).mul_(-0.5)  # dL/d var (mixed), (N, C)
-        bn_moments = _pool(mean_in, var_in, 0) if ctx.batch_stats else ctx.bn_moments
-        moments = _branches(mean_in, var_in, ctx.normalizers, bn_moments)
+        moments = ctx.moments
         if need_p:
             grad_p = torch.stack([(grad_mean * m).sum() for m, _ in moments]).to(ctx.dtypes[0])
         if need_q:
