@@ -128,7 +128,13 @@ class SafeCheckpointHook(Hook):
 def add_safe_checkpoint_hook(cfg: Config) -> Config:
     """Append :class:`SafeCheckpointHook` to ``cfg.custom_hooks`` unless present."""
     hooks = list(cfg.get('custom_hooks', None) or [])
-    if not any(h.get('type') in ('SafeCheckpointHook', SafeCheckpointHook) for h in hooks):
+
+    def is_safe(hook) -> bool:
+        if isinstance(hook, Hook):
+            return isinstance(hook, SafeCheckpointHook)
+        return hook.get('type') in ('SafeCheckpointHook', SafeCheckpointHook)
+
+    if not any(is_safe(h) for h in hooks):
         hooks.append(dict(type='SafeCheckpointHook'))
     cfg.custom_hooks = hooks
     return cfg
