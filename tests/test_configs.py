@@ -116,6 +116,11 @@ def test_logits_get_their_optimizer_group():
             assert group['weight_decay'] == pytest.approx(0.0 if logit else base_wd), names[id(p)]
 
 
+def _check_finite_grads(model):
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, f'NaN/inf gradients: {bad[:5]}'
+
+
 def _shrink_det(cfg):
     model = cfg.model
     model.backbone.update(depth=18, init_cfg=None)
@@ -154,6 +159,7 @@ def test_det_config_trains_and_predicts(path):
     grads = [m.mean_weight.grad for m in model.roi_head.mask_head.modules()
              if ssn_plugins.is_switch_norm(m)]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    _check_finite_grads(model)
 
     model.eval()
     with torch.no_grad():
@@ -205,6 +211,7 @@ def test_seg_config_trains_and_predicts(path):
     loss.backward()
     grads = [m.var_weight.grad for m in model.decode_head.modules() if ssn_plugins.is_switch_norm(m)]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    _check_finite_grads(model)
 
     model.eval()
     with torch.no_grad():
