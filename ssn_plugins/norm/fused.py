@@ -14,7 +14,9 @@ against their spread (``mean^2 > 64 var``) are recomputed two-pass, in the
 forward (moments) and in the backward (``sum dy * (x - mean)``).  On CUDA
 the moments come from ``torch.var_mean`` directly (one Welford kernel, no
 host sync).  Statistics are float32 (float64 for float64 input) also under
-autocast; the output has the input dtype.
+autocast; the output has the input dtype.  The backward is not itself
+differentiable (``once_differentiable``): double backward needs
+``switch_norm(..., fused=False)``.
 """
 from __future__ import annotations
 
