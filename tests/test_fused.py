@@ -145,3 +145,11 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(y_gpu.cpu(), y_cpu, atol=1e-4, rtol=1e-4)
     for a, b_ in zip(g_gpu, g_cpu):
         torch.testing.assert_close(a.cpu(), b_, atol=1e-3, rtol=1e-3)
+
+
+def test_inplace_op_on_the_output():
+    """ResNets apply ReLU(inplace=True) to the norm output: it must not be a Function's view."""
+    from ssn_plugins import SwitchNorm2d
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    torch.relu_(SwitchNorm2d(4)(x)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
