@@ -6,6 +6,7 @@ pickles them by module name, and pytest's importlib mode names test modules
 package the mmseg wheel installs.  Each worker saves its results to
 ``out_dir/rank{r}.pt``; the test compares them with one process.
 """
+import datetime
 import os
 
 import torch
@@ -58,8 +59,9 @@ def build_layer(sparse: bool, synced: bool, state: dict, radius: float = 0.2) ->
 
 def _init(rank: int, world_size: int, init_file: str) -> None:
     torch.set_num_threads(1)
+    # A timeout, so a rank that fails makes the other one fail too instead of waiting forever.
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
-                            world_size=world_size)
+                            world_size=world_size, timeout=datetime.timedelta(seconds=60))
 
 
 def equivalence_worker(rank: int, out_dir: str, splits: list) -> None:
@@ -84,6 +86,14 @@ def equivalence_worker(rank: int, out_dir: str, splits: list) -> None:
     bn_only.var_choice.fill_(2)
     results['bn_only'] = bn_only.train()(xs[rank]).detach()
     results['bn_only_running_var'] = bn_only.running_var.clone()
+    # The closed-form backward of the global moments, in float64 against finite
+    # differences, on a group of this rank alone (subgroups are made by every rank).
+    from ssn_plugins.norm.sync import _GlobalMoments
+    alone = [dist.new_group([r]) for r in range(len(splits))][rank]
+    mean = torch.randn(3, C, dtype=torch.float64, generator=gen).requires_grad_(True)
+    var = (torch.rand(3, C, dtype=torch.float64, generator=gen) + 0.1).requires_grad_(True)
+    results['gradcheck'] = torch.autograd.gradcheck(
+        lambda m, v: _GlobalMoments.apply(m, v, 5, alone)[:2], (mean, var))
     torch.save(results, os.path.join(out_dir, f'rank{rank}.pt'))
     dist.destroy_process_group()
 

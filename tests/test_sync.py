@@ -68,6 +68,10 @@ def test_ranks_with_different_image_sizes_pool_all_values(two_process_results):
                                    0.9 * state['running_var'] + 0.1 * unbiased, **TOL)
 
 
+def test_global_moments_backward_passes_gradcheck(two_process_results):
+    assert all(r['gradcheck'] for r in two_process_results[1])
+
+
 def test_ddp_after_latching_keeps_ranks_identical(tmp_path):
     """MMDistributedDataParallel without find_unused_parameters trains on after the layer latches."""
     rank0, rank1 = _spawn(ddp_latch_worker, tmp_path)

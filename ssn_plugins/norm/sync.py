@@ -2,9 +2,9 @@
 
 Segmentation trains with 2 images per GPU, where per-GPU BN moments are
 noisy; ``SyncBN`` fixes that for BN and these layers do the same for the BN
-branch of SN/SSN.  Only the BN branch's batch moments are reduced (two
-all-reduces of ``C + 1`` and ``C`` numbers, gradients flowing back through
-them); IN and LN stay per sample, and eval uses the running statistics, so
+branch of SN/SSN.  Only the BN branch's batch moments are synchronized
+(one all-gather of ``2C + 1`` numbers per process forward, one all-reduce of
+``2C`` backward, as ``SyncBatchNorm`` does); IN and LN stay per sample, and eval uses the running statistics, so
 eval needs no collectives.  Without an initialised process group (or with
 one process) the layers are exactly SN/SSN.
 
@@ -35,21 +35,53 @@ __all__ = [
 _logged_local = False
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over the process group; the gradient of a sum is the summed gradient."""
+class _GlobalMoments(torch.autograd.Function):
+    """BN moments of the values of every process: one all-gather forward, one all-reduce backward.
+
+    Each process gathers every process's (mean, variance, number of values)
+    per channel and combines them by the law of total variance (exact, no
+    ``E[x^2] - E[x]^2`` cancellation).  Backward: the global moments feed the
+    loss on every process, so their gradients are summed over the group;
+    then ``d gmean / d mean_nc = L / T`` and ``d gvar / d var_nc = L / T``,
+    ``d gvar / d mean_nc = 2 L (mean_nc - gmean) / T`` (the path through
+    ``gmean`` vanishes: deviations from the global mean sum to zero).
+    """
 
     @staticmethod
-    def forward(ctx, tensor: Tensor, group) -> Tensor:
-        ctx.group = group
-        out = tensor.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out, group=group)
-        return out
+    def forward(ctx, mean: Tensor, var: Tensor, length: int, group) -> tuple[Tensor, Tensor, Tensor]:
+        n = mean.shape[0]
+        if n:
+            local_mean = mean.mean(0)
+            local_var = var.mean(0) + (mean - local_mean).square().mean(0)
+        else:  # contributes no values
+            local_mean = local_var = mean.new_zeros(mean.shape[1])
+        local = torch.cat([local_mean, local_var, mean.new_tensor([n * length])])  # (2C + 1,)
+        gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(gathered, local, group=group)
+        stats = torch.stack(gathered)  # (world, 2C + 1)
+        c = mean.shape[1]
+        counts = stats[:, -1:]  # (world, 1)
+        total = counts.sum()
+        means, vars_ = stats[:, :c], stats[:, c:2 * c]
+        global_mean = (counts * means).sum(0) / total
+        global_var = (counts * (vars_ + (means - global_mean).square())).sum(0) / total
+        ctx.save_for_backward(mean, global_mean, total)
+        ctx.length, ctx.group = length, group
+        ctx.mark_non_differentiable(total)
+        return global_mean, global_var, total
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
+    def backward(ctx, grad_mean: Tensor, grad_var: Tensor, _grad_total):
+        mean, global_mean, total = ctx.saved_tensors
+        grads = torch.cat([grad_mean, grad_var])  # (2C,)
+        dist.all_reduce(grads, group=ctx.group)
+        grad_mean, grad_var = grads.view(2, -1) * (ctx.length / total)
+        d_mean = d_var = None
+        if ctx.needs_input_grad[0]:
+            d_mean = grad_mean + 2 * (mean - global_mean) * grad_var  # (N, C)
+        if ctx.needs_input_grad[1]:
+            d_var = grad_var.expand_as(mean)
+        return d_mean, d_var, None, None
 
 
 def _log_local_once() -> None:
@@ -104,17 +136,9 @@ class _SyncMixin:
         if self._world_size() == 1:
             _log_local_once()
             return pool_batch(mean, var)
-        group = self.process_group
-        length = float(self._numel_per_channel)
-        n = mean.shape[0]
-        # (C + 1,): L * sum_n mean_nc, then this process's number of values per channel.
-        local = torch.cat([mean.sum(0) * length, mean.new_tensor([n * length])])
-        summed = _AllReduceSum.apply(local, group)
-        total = summed[-1].detach()
-        global_mean = (summed[:-1] / total).unsqueeze(0)  # (1, C)
-        spread = (var + (mean - global_mean).square()).sum(0) * length  # (C,)
-        global_var = (_AllReduceSum.apply(spread, group) / total).unsqueeze(0)  # (1, C)
-        return global_mean, global_var, float(total) / length
+        length = self._numel_per_channel
+        global_mean, global_var, total = _GlobalMoments.apply(mean, var, length, self.process_group)
+        return global_mean.unsqueeze(0), global_var.unsqueeze(0), float(total) / length
 
     def extra_repr(self) -> str:
         group = '' if self.process_group is None else ', process_group=custom'
