@@ -132,6 +132,8 @@ def fold_conv_bn(module: nn.Module) -> int:
     takes Conv1d/Conv3d and BN without affine (torch's ``fuse_conv_bn_eval``),
     only pairs *adjacent* children with matching channels, and skips a
     ``ConvModule`` whose norm runs before its conv (``order=('norm', 'conv', ...)``).
+    Like mmcv's, it trusts registration order to be data-flow order (true for
+    mmdet/mmseg ResNets, ConvModule, FPN and the heads; check custom modules).
     """
     folded = 0
     previous_name, previous = None, None

@@ -33,7 +33,7 @@ def parse_args(argv=None):
     parser.add_argument('--skip-layers', action='store_true')
     parser.add_argument('--skip-networks', action='store_true')
     parser.add_argument('--net-size', type=int, default=256, help='square input of the networks')
-    parser.add_argument('--net-repeats', type=int, default=5)
+    parser.add_argument('--net-repeats', type=int, default=3)
     parser.add_argument('--mmdet-config', default=MMDET_CONFIG)
     parser.add_argument('--mmseg-config', default=MMSEG_CONFIG)
     parser.add_argument('--train-iteration', action='store_true',
