@@ -143,6 +143,6 @@ def test_malicious_pickle_still_refused(demo_dir):
     torch.save({'state_dict': {}, 'meta': {'x': _Malicious(marker)}}, path)
     with pytest.raises(pickle.UnpicklingError):
         CheckpointLoader.load_checkpoint(path, map_location='cpu')
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(pickle.UnpicklingError, match='not written by these tools'):
         _tool('test').main([DET_CFG, path, '--work-dir', str(tmp_path / 'w')])
     assert not os.path.exists(marker)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import os.path as osp
-from typing import Optional
+import pickle
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 from mmengine.config import Config
@@ -97,10 +99,24 @@ def build_runner(cfg: Config) -> Runner:
     return Runner.from_cfg(cfg)
 
 
+@contextmanager
+def _explain_unsafe_checkpoint(path: Optional[str]) -> Iterator[None]:
+    """Say why torch refused a checkpoint, keeping the refusal (and its type)."""
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        raise pickle.UnpicklingError(
+            f'torch.load(weights_only=True) refused {path or "the checkpoint"}: it holds pickled '
+            'objects that are not tensors/containers, so it was not written by these tools '
+            '(SafeCheckpointHook) and may run code when loaded. It is not loaded; if it comes from '
+            f'a trusted mmengine run, re-save it as weights only. Original error: {err}') from err
+
+
 def train(cfg: Config) -> Runner:
     """Train as configured; returns the finished Runner."""
     runner = build_runner(cfg)
-    runner.train()
+    with _explain_unsafe_checkpoint(cfg.get('load_from', None)):
+        runner.train()
     return runner
 
 
@@ -117,7 +133,8 @@ def test(cfg: Config, checkpoint: Optional[str]) -> dict:
     runner = build_runner(cfg)
     if checkpoint is None:
         runner.model.init_weights()
-    metrics = runner.test()
+    with _explain_unsafe_checkpoint(checkpoint):
+        metrics = runner.test()
     return {k: float(v) if isinstance(v, (int, float)) or hasattr(v, 'item') else v
             for k, v in metrics.items()}
 
