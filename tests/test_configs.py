@@ -77,6 +77,7 @@ def test_config_contents(path):
     for hook in hooks:
         assert HOOKS.get(hook) is not None, hook
     assert 'SwitchNormMonitorHook' in hooks and 'SwitchNormEvalHook' in hooks
+    assert 'SafeCheckpointHook' in hooks  # weights_only-loadable checkpoints with upstream tools too
     if sparse:
         radius = [h for h in cfg.custom_hooks if h['type'] == 'SSNRadiusHook']
         assert radius and radius[0].get('max_radius', 1.0) == 1.0

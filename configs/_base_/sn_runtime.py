@@ -5,4 +5,7 @@ custom_imports = dict(imports=['ssn_plugins'], allow_failed_imports=False)
 custom_hooks = [
     dict(type='SwitchNormEvalHook'),
     dict(type='SwitchNormMonitorHook'),
+    # Runner checkpoints that load under torch's weights_only=True, also with
+    # mmdet's/mmseg's own tools/train.py and tools/test.py
+    dict(type='SafeCheckpointHook'),
 ]

@@ -7,4 +7,7 @@ custom_hooks = [
     dict(type='SSNRadiusHook', max_radius=1.0),
     dict(type='SwitchNormEvalHook'),
     dict(type='SwitchNormMonitorHook'),
+    # Runner checkpoints that load under torch's weights_only=True, also with
+    # mmdet's/mmseg's own tools/train.py and tools/test.py
+    dict(type='SafeCheckpointHook'),
 ]

@@ -54,7 +54,11 @@ param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=max
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
-custom_hooks = [dict(type='SSNRadiusHook'), dict(type='SafeCheckpointHook')]
+custom_hooks = [
+    dict(type='SSNRadiusHook'),
+    dict(type='SwitchNormMonitorHook'),  # radius, latched share, entropy in the log
+    dict(type='SafeCheckpointHook'),
+]
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),

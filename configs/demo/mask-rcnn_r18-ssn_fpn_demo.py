@@ -81,7 +81,11 @@ param_scheduler = [
 ]
 # The radius grows from 0 to 1 over training: every layer is one-hot (latched)
 # after ~82% of the iterations.
-custom_hooks = [dict(type='SSNRadiusHook'), dict(type='SafeCheckpointHook')]
+custom_hooks = [
+    dict(type='SSNRadiusHook'),
+    dict(type='SwitchNormMonitorHook'),  # radius, latched share, entropy in the log
+    dict(type='SafeCheckpointHook'),
+]
 default_hooks = dict(
     logger=dict(interval=50),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=2))
