@@ -1,4 +1,5 @@
 import math
+import sys
 
 import pytest
 import torch
@@ -7,6 +8,14 @@ from ssn_plugins import sparsemax, sparsestmax
 from ssn_reference import ref_sparsemax, ref_sparsestmax
 
 MODES = ('paper', 'official')
+_OPS = sys.modules['ssn_plugins.ops.sparsestmax']
+
+
+@pytest.fixture(params=['tensor', 'small'])
+def path(request, monkeypatch):
+    """Run a test through the batched tensor path and through the few-rows CPU path."""
+    monkeypatch.setattr(_OPS, 'SMALL_PATH_MAX_NUMEL', 0 if request.param == 'tensor' else 10**9)
+    return request.param
 
 
 def _inputs(num: int, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -34,13 +43,16 @@ def test_sparsemax_matches_reference(k):
 
 @pytest.mark.parametrize('mode', MODES)
 @pytest.mark.parametrize('k', [2, 3, 4])
-def test_sparsestmax_matches_reference(k, mode):
+def test_sparsestmax_matches_reference(k, mode, path):
     g = torch.Generator().manual_seed(100 + k)
-    z = _inputs(1500, k, g)
+    z = _inputs(1500 if path == 'tensor' else 300, k, g)
     radii = torch.rand(len(z), generator=g, dtype=torch.float64) * 1.1 * math.sqrt((k - 1) / k)
     expected = torch.tensor([ref_sparsestmax(row.tolist(), float(r), mode) for row, r in zip(z, radii)],
                             dtype=torch.float64)
-    out = sparsestmax(z, radii, mode=mode)  # a radius per row
+    if path == 'tensor':  # a radius per row
+        out = sparsestmax(z, radii, mode=mode)
+    else:  # the small path takes one radius per call
+        out = torch.cat([sparsestmax(z[i:i + 1], float(radii[i]), mode=mode) for i in range(len(z))])
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-9)
     # and one radius for the whole batch
     r = 0.6 * math.sqrt((k - 1) / k)
@@ -106,7 +118,7 @@ def test_modes_differ_on_a_sparse_start():
     assert sparsestmax(z, 0.72, mode='paper')[0] < 1
 
 
-def test_batched_over_other_dims():
+def test_batched_over_other_dims(path):
     z = torch.randn(4, 3, 5, dtype=torch.float64)
     out = sparsestmax(z, 0.5, dim=1)
     loop = torch.stack([sparsestmax(z[:, :, j], 0.5) for j in range(5)], dim=-1)
@@ -116,7 +128,7 @@ def test_batched_over_other_dims():
 
 @pytest.mark.parametrize('mode', MODES)
 @pytest.mark.parametrize('radius', [0.0, 0.3, 0.55, 0.75])
-def test_gradcheck(mode, radius):
+def test_gradcheck(mode, radius, path):
     g = torch.Generator().manual_seed(3)
     for _ in range(5):
         z = (torch.randn(6, 3, generator=g, dtype=torch.float64)).requires_grad_()
@@ -125,14 +137,14 @@ def test_gradcheck(mode, radius):
     assert torch.autograd.gradcheck(lambda t: sparsemax(t), (z,))
 
 
-def test_tie_gradient_is_finite():
+def test_tie_gradient_is_finite(path):
     z = torch.full((2, 3), 0.5, dtype=torch.float64, requires_grad=True)
     sparsestmax(z, 0.4).sum().backward()
     assert torch.isfinite(z.grad).all()
 
 
 @pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
-def test_non_finite_logits_raise(bad):
+def test_non_finite_logits_raise(bad, path):
     z = torch.tensor([0.1, bad, 0.3])
     with pytest.raises(ValueError, match='NaN or inf'):
         sparsestmax(z, 0.5)
@@ -140,7 +152,7 @@ def test_non_finite_logits_raise(bad):
         sparsemax(z)
 
 
-def test_bad_arguments_raise():
+def test_bad_arguments_raise(path):
     z = torch.randn(3)
     with pytest.raises(ValueError, match='radius'):
         sparsestmax(z, -0.1)
@@ -161,3 +173,22 @@ def test_cuda_matches_cpu(mode):
     for r in (0.0, 0.5, 0.8, 1.0):
         torch.testing.assert_close(sparsestmax(z.cuda(), r, mode=mode).cpu(), sparsestmax(z, r, mode=mode),
                                    rtol=0, atol=1e-6)
+
+
+def test_small_path_equals_tensor_path_with_gradients(monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    for k in (2, 3, 5):
+        for trial in range(200):
+            z = torch.randn(2, k, generator=g, dtype=torch.float64) * 2
+            z[0, -1] -= 4 * (trial % 3 == 0)
+            r = float(torch.rand((), generator=g)) * math.sqrt((k - 1) / k)
+            weights = torch.randn(2, k, generator=g, dtype=torch.float64)
+            results = []
+            for limit in (0, 10**9):
+                monkeypatch.setattr(_OPS, 'SMALL_PATH_MAX_NUMEL', limit)
+                logits = z.clone().requires_grad_()
+                out = sparsestmax(logits, r, mode=MODES[trial % 2])
+                (out * weights).sum().backward()
+                results.append((out.detach(), logits.grad))
+            torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=1e-12)
+            torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=1e-9)
