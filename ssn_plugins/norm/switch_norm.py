@@ -8,6 +8,7 @@ only differ in the input rank they accept, as in ``torch.nn.BatchNorm*d``.
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Optional, Sequence
 
 import torch
@@ -198,10 +199,37 @@ class _SparseSwitchNorm(_SwitchNormBase):
             raise ValueError(f'radius must be >= 0, got {radius!r}')
         self.radius.fill_(radius)
 
+    def _choice_indices(self) -> tuple[int, int]:
+        """(mean, var) latched indices as Python ints, -1 while free.
+
+        Read from the buffers only when they changed (another tensor after
+        ``.to()``, or an in-place write such as ``load_state_dict``, which
+        bumps the tensor's version): this runs every forward, and reading a
+        buffer costs a tensor op (a device sync on CUDA).
+        """
+        buffers = (self.mean_choice, self.var_choice)
+        cached = self.__dict__.get('_choice_cache')
+        try:
+            versions = tuple(b._version for b in buffers)
+        except RuntimeError:  # inference tensors track no version: read them every time
+            return int(buffers[0]), int(buffers[1])
+        if (cached is None or cached[2] != versions
+                or any(ref() is not b for ref, b in zip(cached[1], buffers))):
+            cached = ((int(buffers[0]), int(buffers[1])), tuple(weakref.ref(b) for b in buffers),
+                      versions)
+            self.__dict__['_choice_cache'] = cached
+        return cached[0]
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        state.pop('_choice_cache', None)  # weak references do not pickle
+        return state
+
     @property
     def latched(self) -> bool:
         """True when both the mean and the variance choice are latched."""
-        return bool(self.mean_choice >= 0) and bool(self.var_choice >= 0)
+        mean_index, var_index = self._choice_indices()
+        return mean_index >= 0 and var_index >= 0
 
     def unlatch(self) -> None:
         """Forget the latched choices so the layer learns its selection again."""
@@ -212,9 +240,10 @@ class _SparseSwitchNorm(_SwitchNormBase):
         return self.latched
 
     def _latched_choices(self) -> Optional[tuple[str, str]]:
-        if not self.latched:
+        mean_index, var_index = self._choice_indices()
+        if mean_index < 0 or var_index < 0:
             return None
-        return self.normalizers[int(self.mean_choice)], self.normalizers[int(self.var_choice)]
+        return self.normalizers[mean_index], self.normalizers[var_index]
 
     def _sparsestmax(self, logits: Tensor, choices: tuple[Tensor, ...], latch: bool) -> Tensor:
         """SparsestMax of each row of ``logits``; latch the rows that come out one-hot."""
@@ -229,20 +258,20 @@ class _SparseSwitchNorm(_SwitchNormBase):
                     choice.fill_(int(one_hot[0, 0]))
         return ratios
 
-    def _one_ratio(self, logits: Tensor, choice: Tensor, latch: bool) -> Tensor:
-        index = int(choice)
+    def _one_ratio(self, logits: Tensor, choice: Tensor, index: int, latch: bool) -> Tensor:
         if index >= 0:
             return F.one_hot(choice, logits.numel()).to(logits.dtype)
         return self._sparsestmax(logits, (choice, ), latch)
 
     def _ratios(self, latch: bool = False) -> tuple[Tensor, Tensor]:
-        if int(self.mean_choice) < 0 and int(self.var_choice) < 0:
+        mean_index, var_index = self._choice_indices()
+        if mean_index < 0 and var_index < 0:
             # One batched SparsestMax for both logits: its cost is per-op overhead, not size.
             both = self._sparsestmax(torch.stack([self.mean_weight, self.var_weight]),
                                      (self.mean_choice, self.var_choice), latch)
             return both[0], both[1]
-        return (self._one_ratio(self.mean_weight, self.mean_choice, latch),
-                self._one_ratio(self.var_weight, self.var_choice, latch))
+        return (self._one_ratio(self.mean_weight, self.mean_choice, mean_index, latch),
+                self._one_ratio(self.var_weight, self.var_choice, var_index, latch))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode='{self.mode}'"
