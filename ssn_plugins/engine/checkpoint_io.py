@@ -109,20 +109,49 @@ def decode_checkpoint(checkpoint: dict) -> None:
     del checkpoint['meta'][_VERSION_KEY]
 
 
+_RNG_KEY = 'ssn_plugins_torch_rng'
+
+
 @HOOKS.register_module()
 class SafeCheckpointHook(Hook):
     """Write Runner checkpoints that ``torch.load(weights_only=True)`` reads.
+
+    It also stores torch's random state (CPU and CUDA) with each checkpoint
+    and restores it at the first iteration after a resume. mmengine keeps only
+    the seed, so a resumed Mask R-CNN would otherwise draw other RPN/RoI
+    samples than the uninterrupted run. The data pipeline's numpy/random draws
+    need nothing as long as the model draws only from torch: the resumed loop
+    replays the skipped batches. Only rank 0 writes checkpoints, so in
+    multi-process runs every rank resumes with rank 0's torch state.
 
     Lowest priority: it encodes after every other hook has added its entries.
     """
 
     priority = 'LOWEST'
 
+    def __init__(self) -> None:
+        self._rng_to_restore = None
+
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        meta = checkpoint.setdefault('meta', {})
+        # the iteration a resumed run starts at (mmengine's own meta['iter'])
+        rng = {'iter': meta.get('iter', runner.iter), 'cpu': torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng['cuda'] = torch.cuda.get_rng_state_all()
+        meta[_RNG_KEY] = rng
         encode_checkpoint(checkpoint)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         decode_checkpoint(checkpoint)
+        self._rng_to_restore = checkpoint.get('meta', {}).pop(_RNG_KEY, None)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        rng, self._rng_to_restore = self._rng_to_restore, None
+        if rng is None or rng['iter'] != runner.iter:
+            return  # not a resume at the saved iteration (e.g. load_from for fine-tuning)
+        torch.set_rng_state(rng['cpu'])
+        if 'cuda' in rng and torch.cuda.is_available() and len(rng['cuda']) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng['cuda'])
 
 
 def add_safe_checkpoint_hook(cfg: Config) -> Config:
