@@ -1,5 +1,6 @@
-"""Interrupting a run and resuming it (--resume) ends exactly where the uninterrupted run ends
-same weights, running stats, SSN radius and latched selections (CPU, seeded)."""
+"""Interrupting a run and resuming it (--resume) ends exactly where the uninterrupted run ends:
+same weights, running stats, SSN radius and latched selections (CPU, seeded), for FCN and
+for Mask R-CNN, whose samplers draw from torch's RNG."""
 import os.path as osp
 
 import pytest
