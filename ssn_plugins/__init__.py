@@ -9,8 +9,8 @@ mmseg configs can use them after
 from .checkpoint import (ResNetReleasedStem, SwitchNormPretrained, convert_checkpoint,
                          use_released_stem)
 from .deploy import collapse_norms
-from .engine import (SafeCheckpointHook, SSNRadiusHook, SwitchNormEvalHook, SwitchNormMonitorHook,
-                     apply_norm_eval)
+from .engine import (SafeCheckpointHook, SSNLogitClipHook, SSNRadiusHook, SwitchNormEvalHook,
+                     SwitchNormMonitorHook, apply_norm_eval)
 from .norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d, SwitchNorm1d,
                    SwitchNorm2d, SwitchNorm3d, SyncSparseSwitchNorm, SyncSwitchNorm,
                    convert_sync_switchnorm, is_switch_norm, revert_sync_switchnorm)
@@ -23,6 +23,7 @@ __all__ = [
     'SparseSwitchNorm1d', 'SparseSwitchNorm2d', 'SparseSwitchNorm3d', 'is_switch_norm',
     'SyncSwitchNorm', 'SyncSparseSwitchNorm', 'convert_sync_switchnorm', 'revert_sync_switchnorm',
     'SSNRadiusHook', 'SwitchNormEvalHook', 'SwitchNormMonitorHook', 'SafeCheckpointHook',
+    'SSNLogitClipHook',
     'apply_norm_eval', 'SwitchNormPretrained', 'ResNetReleasedStem', 'convert_checkpoint',
     'use_released_stem', 'collapse_norms'
 ]

@@ -155,3 +155,38 @@ def test_runner_iteration_moves_the_radius(tmp_path):
     # the last iteration (index 3 of 4) ran with r = 3/4
     assert float(runner.model.norm.radius) == pytest.approx(0.75)
     assert runner.message_hub.get_scalar('train/ssn_radius').current() == pytest.approx(0.75)
+
+
+def test_logit_clip_hook_clips_only_the_logits_jointly(tmp_path):
+    from mmengine.hooks import Hook
+    seen = []
+
+    class Recorder(Hook):
+        """Registered after SSNLogitClipHook's, so it sees the clipped gradients."""
+
+        def before_train(self, runner):
+            model = runner.model
+
+            def record(optimizer, args, kwargs):
+                logits = torch.cat([model.norm.mean_weight.grad, model.norm.var_weight.grad])
+                seen.append((float(logits.norm()), float(model.conv.weight.grad.norm())))
+
+            runner.optim_wrapper.optimizer.register_step_pre_hook(record)
+
+    runner = _toy_runner(tmp_path, 3, [dict(type='SSNLogitClipHook', max_norm=1e-4)])
+    runner.register_hook(Recorder(), priority='LOWEST')
+    runner.train()
+    assert len(seen) == 3
+    for logit_norm, conv_norm in seen:
+        assert logit_norm <= 1e-4 * (1 + 1e-5)
+        assert conv_norm > 1e-3  # other parameters are not clipped
+    assert runner.message_hub.get_scalar('train/ssn_logit_grad_norm').current() > 1e-4
+
+
+def test_logit_clip_hook_needs_switch_norm_layers(tmp_path):
+    runner = _toy_runner(tmp_path, 1, [dict(type='SSNLogitClipHook')])
+    runner.model.norm = nn.BatchNorm2d(4)
+    with pytest.raises(ValueError, match='no SN/SSN layer'):
+        runner.train()
+    with pytest.raises(ValueError, match='max_norm'):
+        ssn_plugins.SSNLogitClipHook(max_norm=0)
