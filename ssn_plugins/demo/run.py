@@ -61,7 +61,7 @@ def format_metrics(before: dict, after: dict) -> str:
     return '\n'.join(lines)
 
 
-def run_demo(out: str, iters: int = 600, num_train: int = 300, num_val: int = 50,
+def run_demo(out: str, iters: int = 1500, num_train: int = 300, num_val: int = 50,
              size: int = 128, seed: int = 0, workers: int = 1,
              config: Optional[str] = None) -> dict:
     """Run the whole demo under ``out``; returns the summary written to ``out/results.json``."""
