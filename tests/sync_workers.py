@@ -64,6 +64,17 @@ def _init(rank: int, world_size: int, init_file: str) -> None:
                             world_size=world_size, timeout=datetime.timedelta(seconds=60))
 
 
+def _finish() -> None:
+    """Leave once every rank has written its results.
+
+    ``destroy_process_group`` on gloo hung now and then (a futex wait in one
+    rank after the other had left), so the workers exit without tearing the
+    group down: the results are on disk, and the process is gone either way.
+    """
+    dist.barrier()
+    os._exit(0)
+
+
 def equivalence_worker(rank: int, out_dir: str, splits: list) -> None:
     """SyncSN/SyncSSN on this rank's share of the 4 samples (``splits`` = sizes per rank)."""
     _init(rank, len(splits), os.path.join(out_dir, 'rendezvous'))
@@ -95,7 +106,7 @@ def equivalence_worker(rank: int, out_dir: str, splits: list) -> None:
     results['gradcheck'] = torch.autograd.gradcheck(
         lambda m, v: _GlobalMoments.apply(m, v, 5, alone)[:2], (mean, var))
     torch.save(results, os.path.join(out_dir, f'rank{rank}.pt'))
-    dist.destroy_process_group()
+    _finish()
 
 
 def ddp_latch_worker(rank: int, out_dir: str) -> None:
@@ -130,4 +141,4 @@ def ddp_latch_worker(rank: int, out_dir: str) -> None:
         optim.step()
     state = {k: v.clone() for k, v in net.state_dict().items()}
     torch.save(state, os.path.join(out_dir, f'rank{rank}.pt'))
-    dist.destroy_process_group()
+    _finish()

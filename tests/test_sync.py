@@ -1,4 +1,6 @@
 """SyncSN/SyncSSN: 2 real processes (gloo, CPU) against one process, conversion, registry."""
+import time
+
 import pytest
 import torch
 from mmcv.cnn import build_norm_layer
@@ -17,8 +19,16 @@ from ssn_plugins.norm import sync as sync_module
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-def _spawn(fn, tmp_path, *args, nprocs=2):
-    mp.spawn(fn, args=(str(tmp_path), *args), nprocs=nprocs, join=True)
+def _spawn(fn, tmp_path, *args, nprocs=2, deadline=180):
+    """Run ``fn`` in ``nprocs`` processes; fail (never hang) if they are not done in ``deadline`` s."""
+    context = mp.start_processes(fn, args=(str(tmp_path), *args), nprocs=nprocs, join=False,
+                                 start_method='spawn')
+    start = time.monotonic()
+    while not context.join(timeout=1):  # raises if a worker failed
+        if time.monotonic() - start > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f'{fn.__name__}: workers still running after {deadline} s')
     return [torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(nprocs)]
 
 
