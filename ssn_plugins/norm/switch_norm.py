@@ -117,7 +117,7 @@ class _SwitchNormBase(nn.Module):
         mean_ratios, var_ratios = (None, None) if choices else self._ratios(latch=self.training)
         bias = self.bias
         anchor = None
-        if self._logits_unused() and self.training and torch.is_grad_enabled():
+        if choices is not None and self.training and torch.is_grad_enabled():
             # Keep the logits in the graph (zero gradient) so DDP with
             # find_unused_parameters=False does not fail once a layer latches.
             anchor = 0 * (self.mean_weight.sum() + self.var_weight.sum())
@@ -148,9 +148,6 @@ class _SwitchNormBase(nn.Module):
     def _latched_choices(self) -> Optional[tuple[str, str]]:
         """(mean, var) normalizer names once the selection is latched, else None."""
         return None
-
-    def _logits_unused(self) -> bool:
-        return False
 
     def extra_repr(self) -> str:
         return ('{num_features}, eps={eps}, momentum={momentum}, affine={affine}, '
@@ -235,9 +232,6 @@ class _SparseSwitchNorm(_SwitchNormBase):
         """Forget the latched choices so the layer learns its selection again."""
         self.mean_choice.fill_(-1)
         self.var_choice.fill_(-1)
-
-    def _logits_unused(self) -> bool:
-        return self.latched
 
     def _latched_choices(self) -> Optional[tuple[str, str]]:
         mean_index, var_index = self._choice_indices()
