@@ -11,10 +11,13 @@ MODES = ('paper', 'official')
 _OPS = sys.modules['ssn_plugins.ops.sparsestmax']
 
 
-@pytest.fixture(params=['tensor', 'small'])
+PATHS = {'closed': 3, 'loop': 0}  # CLOSED_FORM_MAX_K: K <= 3 in closed form, or every K on the loop
+
+
+@pytest.fixture(params=list(PATHS))
 def path(request, monkeypatch):
-    """Run a test through the batched tensor path and through the few-rows CPU path."""
-    monkeypatch.setattr(_OPS, 'SMALL_PATH_MAX_NUMEL', 0 if request.param == 'tensor' else 10**9)
+    """Run a test through the closed form (K <= 3) and through the general loop (any K)."""
+    monkeypatch.setattr(_OPS, 'CLOSED_FORM_MAX_K', PATHS[request.param])
     return request.param
 
 
@@ -42,18 +45,17 @@ def test_sparsemax_matches_reference(k):
 
 
 @pytest.mark.parametrize('mode', MODES)
-@pytest.mark.parametrize('k', [2, 3, 4])
+@pytest.mark.parametrize('k', [2, 3, 4, 5])
 def test_sparsestmax_matches_reference(k, mode, path):
+    if k > 3 and path == 'closed':
+        pytest.skip('K > 3 always takes the loop')
     g = torch.Generator().manual_seed(100 + k)
-    z = _inputs(1500 if path == 'tensor' else 300, k, g)
+    z = _inputs(1500, k, g)
     radii = torch.rand(len(z), generator=g, dtype=torch.float64) * 1.1 * math.sqrt((k - 1) / k)
     expected = torch.tensor([ref_sparsestmax(row.tolist(), float(r), mode) for row, r in zip(z, radii)],
                             dtype=torch.float64)
-    if path == 'tensor':  # a radius per row
-        out = sparsestmax(z, radii, mode=mode)
-    else:  # the small path takes one radius per call
-        out = torch.cat([sparsestmax(z[i:i + 1], float(radii[i]), mode=mode) for i in range(len(z))])
-    torch.testing.assert_close(out, expected, rtol=0, atol=1e-9)
+    # a radius per row
+    torch.testing.assert_close(sparsestmax(z, radii, mode=mode), expected, rtol=0, atol=1e-9)
     # and one radius for the whole batch
     r = 0.6 * math.sqrt((k - 1) / k)
     expected = torch.tensor([ref_sparsestmax(row.tolist(), r, mode) for row in z], dtype=torch.float64)
@@ -61,8 +63,9 @@ def test_sparsestmax_matches_reference(k, mode, path):
 
 
 @pytest.mark.parametrize('mode', MODES)
-@pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-6), (torch.float64, 1e-12)])
-def test_outputs_are_simplex_points(mode, dtype, tol):
+# float32: about 16 ulps at 1 (the closed form pushes along a unit vector and does not renormalise)
+@pytest.mark.parametrize('dtype,tol', [(torch.float32, 2e-6), (torch.float64, 1e-12)])
+def test_outputs_are_simplex_points(mode, dtype, tol, path):
     g = torch.Generator().manual_seed(7)
     z = _inputs(2000, 3, g).to(dtype)
     for r in (0.0, 0.2, 0.45, 0.6, 0.75, 0.8, 0.9):
@@ -73,7 +76,7 @@ def test_outputs_are_simplex_points(mode, dtype, tol):
 
 
 @pytest.mark.parametrize('k', [2, 3, 5])
-def test_paper_mode_satisfies_the_constraint(k):
+def test_paper_mode_satisfies_the_constraint(k, path):
     g = torch.Generator().manual_seed(11)
     z = _inputs(2000, k, g)
     vertex_dist = math.sqrt((k - 1) / k)
@@ -83,14 +86,14 @@ def test_paper_mode_satisfies_the_constraint(k):
 
 
 @pytest.mark.parametrize('mode', MODES)
-def test_zero_radius_is_sparsemax(mode):
+def test_zero_radius_is_sparsemax(mode, path):
     z = torch.randn(500, 3, dtype=torch.float64)
     torch.testing.assert_close(sparsestmax(z, 0.0, mode=mode), sparsemax(z), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize('mode', MODES)
 @pytest.mark.parametrize('k', [2, 3, 4])
-def test_large_radius_is_one_hot_argmax(mode, k):
+def test_large_radius_is_one_hot_argmax(mode, k, path):
     z = torch.randn(500, k, dtype=torch.float64)
     z[:10] = 0.3  # ties go to the lowest index
     expected = torch.nn.functional.one_hot(z.argmax(-1), k).to(z.dtype)
@@ -98,7 +101,7 @@ def test_large_radius_is_one_hot_argmax(mode, k):
         torch.testing.assert_close(sparsestmax(z, r, mode=mode), expected, rtol=0, atol=1e-12)
 
 
-def test_modes_agree_when_sparsemax_is_dense():
+def test_modes_agree_when_sparsemax_is_dense(path):
     z = torch.randn(3000, 3, dtype=torch.float64) * 0.3
     dense = (sparsemax(z) > 0).all(-1)
     assert dense.sum() > 1000
@@ -107,7 +110,7 @@ def test_modes_agree_when_sparsemax_is_dense():
                                    sparsestmax(z[dense], r, mode='official'), rtol=0, atol=1e-12)
 
 
-def test_modes_differ_on_a_sparse_start():
+def test_modes_differ_on_a_sparse_start(path):
     # DESIGN.md / reference: edge point measured from the edge midpoint by the released code
     z = torch.tensor([0.8, 0.2, -1.0], dtype=torch.float64)
     torch.testing.assert_close(sparsestmax(z, 0.5, mode='official'),
@@ -168,27 +171,60 @@ def test_bad_arguments_raise(path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 @pytest.mark.parametrize('mode', MODES)
-def test_cuda_matches_cpu(mode):
+def test_cuda_matches_cpu(mode, path):
     z = torch.randn(1000, 3)
     for r in (0.0, 0.5, 0.8, 1.0):
         torch.testing.assert_close(sparsestmax(z.cuda(), r, mode=mode).cpu(), sparsestmax(z, r, mode=mode),
                                    rtol=0, atol=1e-6)
 
 
-def test_small_path_equals_tensor_path_with_gradients(monkeypatch):
+@pytest.mark.parametrize('k', [2, 3])
+def test_closed_form_equals_loop_with_gradients(k, monkeypatch):
+    """Values and gradients of the two implementations on random, edge and vertex inputs.
+
+    Values on the tie rows too; their gradients are checked by the tie test below.
+    """
     g = torch.Generator().manual_seed(5)
-    for k in (2, 3, 5):
-        for trial in range(200):
-            z = torch.randn(2, k, generator=g, dtype=torch.float64) * 2
-            z[0, -1] -= 4 * (trial % 3 == 0)
-            r = float(torch.rand((), generator=g)) * math.sqrt((k - 1) / k)
-            weights = torch.randn(2, k, generator=g, dtype=torch.float64)
-            results = []
-            for limit in (0, 10**9):
-                monkeypatch.setattr(_OPS, 'SMALL_PATH_MAX_NUMEL', limit)
-                logits = z.clone().requires_grad_()
-                out = sparsestmax(logits, r, mode=MODES[trial % 2])
-                (out * weights).sum().backward()
-                results.append((out.detach(), logits.grad))
-            torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=1e-12)
-            torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=1e-9)
+    z = _inputs(400, k, g)
+    z[::3, -1] -= 4  # more sparse starts
+    ties = torch.zeros(len(z), dtype=torch.bool)
+    ties[200:240] = True  # the exact ties of _inputs (quarter = 100)
+    radii = torch.rand(len(z), generator=g, dtype=torch.float64) * 1.1 * math.sqrt((k - 1) / k)
+    weights = torch.randn(len(z), k, generator=g, dtype=torch.float64)
+    for mode in MODES:
+        results = []
+        for limit in PATHS.values():
+            monkeypatch.setattr(_OPS, 'CLOSED_FORM_MAX_K', limit)
+            logits = z.clone().requires_grad_()
+            out = sparsestmax(logits, radii, mode=mode)
+            (out * weights).sum().backward()
+            results.append((out.detach(), logits.grad))
+        (closed, closed_grad), (loop, loop_grad) = results
+        torch.testing.assert_close(closed, loop, rtol=0, atol=1e-12)
+        torch.testing.assert_close(closed_grad[~ties], loop_grad[~ties], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('z', [[1.0, 1.0, 1.0], [1.5, 1.5, -4.0], [0.2, 0.2]], ids=['3-way', 'edge', 'K=2'])
+def test_tie_without_push_has_the_sparsemax_gradient(z, mode, path):
+    """A tie the radius does not push (r = 0, or below the face's distance) is sparsemax's point,
+    with sparsemax's gradient: a fresh SSN layer (logits all ones) at radius 0 must get a
+    gradient for its logits.  A pushed tie does not move (zero gradient)."""
+    z = torch.tensor(z, dtype=torch.float64)
+    k = len(z)
+    weights = torch.tensor([0.3, -0.2, 0.5][:k], dtype=torch.float64)
+    # the centre and K = 2 move for any r > 0; the paper's edge face only for r > sqrt(1/2 - 1/3)
+    on_paper_edge = k == 3 and z[-1] < 0 and mode == 'paper'
+    radii = [0.0, 0.1, 0.3] if on_paper_edge else [0.0]
+    for r in radii:
+        logits = z.clone().requires_grad_()
+        (sparsestmax(logits, r, mode=mode) * weights).sum().backward()
+        expected_logits = z.clone().requires_grad_()
+        (sparsemax(expected_logits) * weights).sum().backward()
+        torch.testing.assert_close(logits.grad, expected_logits.grad, rtol=0, atol=1e-12,
+                                   msg=lambda m, r=r: f'r={r}: {m}')
+    logits = z.clone().requires_grad_()
+    pushed = sparsestmax(logits, 0.5, mode=mode)  # the tie breaks towards the lowest index
+    assert pushed[0] > pushed[1]
+    (pushed * weights).sum().backward()
+    assert torch.equal(logits.grad, torch.zeros_like(z))

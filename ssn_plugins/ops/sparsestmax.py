@@ -1,8 +1,8 @@
 """Sparsemax and SparsestMax: projections onto the probability simplex.
 
 Both are pure, batched over every dimension but ``dim`` and differentiable
-through autograd (the supports and face centroids are piecewise constant, so
-the gradient is the chain of the per-stage Jacobians, as in the paper).
+(the supports and face centroids are piecewise constant, so the gradient is
+the chain of the per-stage Jacobians, as in the paper).
 
 SparsestMax (Shao et al., SSN, CVPR 2019) projects logits ``z`` onto the
 simplex with the extra constraint ``||p - c|| >= r`` (``c = 1/K``, the simplex
@@ -21,6 +21,14 @@ Both agree whenever sparsemax's output is dense.  Because each face's
 centroid is the orthogonal projection of every larger face's centroid onto
 it, ``||u_F - u_G||^2 = 1/|F| - 1/|G|`` for ``F`` inside ``G``; this gives
 both radii in closed form.
+
+Two implementations, equal to each other and to the float64 reference:
+
+- K <= 3 (every SN/SSN layer: IN, LN, BN): a closed form in sorted
+  coordinates, a fixed handful of tensor ops with no data-dependent branch,
+  so it runs on the device without host reads and traces under
+  ``torch.compile``.
+- any K: the stage-by-stage loop, K - 1 rounds of masked tensor ops.
 """
 from __future__ import annotations
 
@@ -30,12 +38,18 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from .constants import cached_constant
+
 __all__ = ['sparsemax', 'sparsestmax', 'SPARSESTMAX_MODES']
 
 SPARSESTMAX_MODES = ('paper', 'official')
 
+#: Inputs with at most this many choices take the closed form.
+CLOSED_FORM_MAX_K = 3
+
 
 def _check_logits(logits: Tensor, dim: int) -> None:
+    """Validate public-API input (reads the logits on the host once)."""
     if not isinstance(logits, Tensor):
         raise TypeError(f'logits must be a torch.Tensor, got {type(logits).__name__}')
     if not logits.is_floating_point():
@@ -74,16 +88,18 @@ def sparsemax(logits: Tensor, dim: int = -1) -> Tensor:
 
 
 def _as_radius(radius: Union[float, Tensor], like: Tensor) -> Tensor:
+    """The radius as a tensor on ``like``'s device (validated on the host: public API)."""
     if isinstance(radius, Tensor):
         if not bool(torch.isfinite(radius).all()):
             raise ValueError(f'radius must be finite, got {radius}')
         if bool((radius < 0).any()):
             raise ValueError(f'radius must be >= 0, got {radius}')
         return radius.detach().to(device=like.device, dtype=like.dtype)
-    radius = float(radius)
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)):
+        raise TypeError(f'radius must be a number or a tensor, got {type(radius).__name__}')
     if not math.isfinite(radius) or radius < 0:
         raise ValueError(f'radius must be a finite number >= 0, got {radius}')
-    return torch.tensor(radius, device=like.device, dtype=like.dtype)
+    return torch.tensor(float(radius), device=like.device, dtype=like.dtype)
 
 
 def sparsestmax(logits: Tensor,
@@ -108,18 +124,134 @@ def sparsestmax(logits: Tensor,
     """
     if mode not in SPARSESTMAX_MODES:
         raise ValueError(f"mode must be one of {SPARSESTMAX_MODES}, got {mode!r}")
-    if _use_small_path(logits, radius):
-        return _small_sparsestmax(logits.movedim(dim, -1), radius, mode).movedim(-1, dim)
     _check_logits(logits, dim)
     z = logits.movedim(dim, -1)
     r = _as_radius(radius, z)
     if r.dim() > 0:
         r = r.unsqueeze(-1)
-    out = _sparsestmax_last(z, r, mode)
-    return out.movedim(-1, dim)
+    return sparsestmax_unchecked(z, r, mode).movedim(-1, dim)
 
 
-def _sparsestmax_last(z: Tensor, r: Tensor, mode: str) -> Tensor:
+def sparsestmax_unchecked(z: Tensor, r: Tensor, mode: str = 'paper') -> Tensor:
+    """SparsestMax over the last dim of ``z`` with ``r`` a tensor broadcastable to ``z[..., :1]``.
+
+    No validation and no host read: for the layers, which check their logits
+    on the device.  Finite ``z`` and ``r >= 0`` give a simplex point.
+    """
+    if z.shape[-1] <= CLOSED_FORM_MAX_K:
+        return _closed_form(z, r, mode == 'paper')
+    return _sparsestmax_loop(z, r, mode)
+
+
+def _closed_form(z: Tensor, r: Tensor, paper: bool) -> Tensor:
+    """SparsestMax for K = 2 or 3 (see :class:`_ClosedForm`), differentiable."""
+    r = r.to(z.dtype).expand_as(z[..., :1])
+    return _ClosedForm.apply(z, r, paper)
+
+
+class _ClosedForm(torch.autograd.Function):
+    """SparsestMax for K = 2 or 3 in the coordinates of the logits sorted descending.
+
+    Sorting keeps every support a prefix (sparsemax and radial pushes keep the
+    order), so a point is either inside the triangle (K = 3 only) or on the
+    edge of the two largest logits, ``(1/2 + t, 1/2 - t, 0)`` with
+    ``0 <= t <= 1/2`` (``t = 1/2``: the vertex).  With ``w = z - mean z``:
+
+    - Inside: sparsemax is dense (``w2 > -1/3``) and the point
+      ``c + max(||w||, r) w / ||w||`` has no negative entry: sparsemax itself,
+      or its push to radius ``r``.
+    - On the edge: ``t = min(max(t_in, R_e / sqrt 2), 1/2)``, the edge push to
+      the face radius ``R_e = sqrt(r^2 - (1/2 - 1/ref))``, from sparsemax's
+      own edge point ``t_in = (w0 - w1) / 2`` or, after a push from the dense
+      start that left the triangle, ``t_in = r (w0 - w1) / (2 ||w||)``.
+      ``ref`` is K, or 2 for 'official' from a sparse start.
+
+    Ties push towards the lowest index: the sort is stable, and ``w = 0``
+    takes the direction of the first vertex.
+
+    Backward: where the output moves with ``z`` it is ``c_F + s P_F u`` for a
+    unit vector ``u = P_G z / ||P_G z||`` of the last pushed face ``G``
+    (``s = r / ||P_G z||``), or sparsemax (``s = 1``, no ``u``), so
+    ``dp/dz = s P_F (I - u u^T)`` in sorted coordinates; a pushed edge point,
+    a vertex and a tie do not move (zero Jacobian).
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, r: Tensor, paper: bool) -> Tensor:
+        k = z.shape[-1]
+        basis = _basis(k, z.dtype, z.device)
+        zs, order = torch.sort(z, dim=-1, descending=True, stable=True)  # (..., K)
+        w = zs - zs.mean(-1, keepdim=True)  # exact zeros between tied logits
+        edge_r = _edge_radius(r, basis, paper)  # R_e / sqrt 2 from a dense start, (..., 1)
+        if k == 2:
+            t_in = w @ basis.half_gap  # (..., 1)
+            t = torch.clamp(torch.maximum(t_in, edge_r), max=0.5)
+            out = torch.addcmul(basis.half, t, basis.sign)
+            jac = basis.edge * ((t == t_in) & (t < 0.5)).unsqueeze(-1)
+        else:
+            dense = w[..., 2:] > -1 / 3
+            norm = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
+            tie = norm <= 16 * torch.finfo(z.dtype).eps
+            inv_norm = norm.reciprocal().masked_fill_(tie, 0.0)
+            unit = torch.where(tie, basis.first_vertex, w * inv_norm)
+            rho = torch.maximum(norm, r)
+            inner = torch.addcmul(basis.third, unit, rho)  # sparsemax, or pushed to radius r
+            inside = dense & (inner[..., 2:] >= 0)
+            scale = torch.where(dense, rho, norm)  # on the edge: r after a push, else ||w||
+            t_in = scale * (unit @ basis.half_gap)
+            if not paper:  # a sparse start pushes along its edge with the full radius
+                edge_r = torch.where(dense, edge_r, r * math.sqrt(0.5))
+            t = torch.clamp(torch.maximum(t_in, edge_r), max=0.5)
+            out = torch.where(inside, inner, torch.addcmul(basis.half, t, basis.sign))
+            # Jacobian in sorted coordinates, (..., K, K): s P_F (I - u u^T); an edge point
+            # moves unless pushed along the edge or at the vertex; a pushed tie never moves
+            moves = inside | (t_in.clamp(edge_r, basis.below_half) == t_in)
+            pushed = scale > norm  # a push from the dense start
+            gain = torch.where(pushed, r * inv_norm, moves) * moves
+            unit = unit * pushed
+            face = torch.where(inside.unsqueeze(-1), basis.full, basis.edge)  # P_F
+            jac = torch.addcmul(face, face @ unit.unsqueeze(-1), unit.unsqueeze(-2), value=-1)
+            jac = jac * gain.unsqueeze(-1)
+        ctx.save_for_backward(order, jac)
+        return torch.empty_like(out).scatter_(-1, order, out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        order, jac = ctx.saved_tensors
+        grad_sorted = (grad.gather(-1, order).unsqueeze(-2) @ jac).squeeze(-2)
+        return torch.empty_like(grad).scatter_(-1, order, grad_sorted), None, None
+
+
+def _edge_radius(r: Tensor, basis: '_Basis', paper: bool) -> Tensor:
+    """``sqrt(r^2 - (1/2 - 1/K)) / sqrt 2``: the edge-push coordinate ``t`` (K = 2: ``r / sqrt 2``)."""
+    return torch.addcmul(basis.edge_offset, r, r, value=0.5).clamp_min_(0).sqrt_()
+
+
+class _Basis:
+    """Constant vectors and matrices of the closed form, made once per (K, dtype, device)."""
+
+    def __init__(self, k: int, dtype: torch.dtype, device: torch.device) -> None:
+        eye = torch.eye(k, dtype=torch.float64)
+        sign = eye[0] - eye[1]
+        half = (eye[0] + eye[1]) * 0.5
+        values = dict(
+            sign=sign, half=half, half_gap=(sign * 0.5).unsqueeze(-1),
+            third=torch.full((k, ), 1 / k, dtype=torch.float64),
+            edge_offset=torch.tensor(-0.5 * (0.5 - 1 / k), dtype=torch.float64),
+            first_vertex=(eye[0] - 1 / k) / math.sqrt((k - 1) / k),
+            full=eye - 1 / k,  # P for the whole simplex
+            edge=torch.outer(sign, sign) * 0.5,  # P for the first edge
+            below_half=torch.tensor(0.5 - torch.finfo(dtype).eps, dtype=torch.float64))
+        for name, value in values.items():
+            setattr(self, name, value.to(device=device, dtype=dtype))
+
+
+def _basis(k: int, dtype: torch.dtype, device: torch.device) -> _Basis:
+    return cached_constant(('sparsestmax', k, dtype, device), lambda: _Basis(k, dtype, device))
+
+
+def _sparsestmax_loop(z: Tensor, r: Tensor, mode: str) -> Tensor:
+    """Any K: K - 1 rounds of push-and-project, masked per row (no host read)."""
     num_classes = z.shape[-1]
     tiny = torch.finfo(z.dtype).eps
     p = _sparsemax_last(z)  # (..., K)
@@ -137,8 +269,6 @@ def _sparsestmax_last(z: Tensor, r: Tensor, mode: str) -> Tensor:
         offset = p - centroid
         dist = torch.sqrt((offset * offset).sum(-1, keepdim=True).clamp_min(tiny * tiny))
         inside = (dist < face_r) & (size > 1)
-        if not bool(inside.any()):
-            break
         # Direction of the push: radial, or towards the lowest-index vertex of
         # the face when the point sits on the centroid (a tie).
         tie = dist <= 16 * tiny
@@ -153,114 +283,3 @@ def _sparsestmax_last(z: Tensor, r: Tensor, mode: str) -> Tensor:
         p = torch.where(inside, pushed, p)
     p = p.clamp_min(0)
     return p / p.sum(-1, keepdim=True)
-
-
-# ---------------------------------------------------------------------------
-# The same algorithm for a few rows on the CPU (an SSN layer's two logit
-# vectors): Python floats with the Jacobian chained stage by stage, instead of
-# about a hundred tiny tensor ops.  Tested equal to the tensor path.
-
-#: Inputs with at most this many elements on the CPU take the small path.
-SMALL_PATH_MAX_NUMEL = 64
-
-
-def _use_small_path(logits: Tensor, radius: Union[float, Tensor]) -> bool:
-    return (isinstance(logits, Tensor) and logits.device.type == 'cpu' and logits.dim() > 0
-            and 0 < logits.numel() <= SMALL_PATH_MAX_NUMEL and logits.is_floating_point()
-            and (not isinstance(radius, Tensor) or radius.numel() == 1))
-
-
-def _row_sparsemax(z: list[float]) -> tuple[list[float], list[bool]]:
-    top = max(z)
-    shifted = [v - top for v in z]
-    cumsum, tau = 0.0, 0.0
-    for k, value in enumerate(sorted(shifted, reverse=True), start=1):
-        cumsum += value
-        if 1 + k * value > cumsum:
-            tau = (cumsum - 1) / k
-    p = [max(v - tau, 0.0) for v in shifted]
-    return p, [v > 0 for v in p]
-
-
-def _sparsemax_jacobian(support: list[bool]) -> list[list[float]]:
-    size = sum(support)
-    return [[(float(i == j) - 1 / size) if support[i] and support[j] else 0.0
-             for j in range(len(support))] for i in range(len(support))]
-
-
-def _matmul(a: list[list[float]], b: list[list[float]]) -> list[list[float]]:
-    cols = list(zip(*b))
-    return [[sum(x * y for x, y in zip(row, col)) for col in cols] for row in a]
-
-
-def _row_sparsestmax(z: list[float], r: float, mode: str,
-                     tiny: float) -> tuple[list[float], list[list[float]]]:
-    """One row of :func:`_sparsestmax_last` and its Jacobian d p / d z."""
-    k = len(z)
-    p, support = _row_sparsemax(z)
-    jac = _sparsemax_jacobian(support)
-    ref_size = k if mode == 'paper' else sum(support)
-    for _ in range(k - 1):
-        support = [v > 0 for v in p]
-        size = sum(support)
-        centroid = [1 / size if s else 0.0 for s in support]
-        face_r = math.sqrt(max(r * r - (1 / size - 1 / ref_size), 0.0))
-        offset = [a - b for a, b in zip(p, centroid)]
-        dist = math.sqrt(max(sum(v * v for v in offset), tiny * tiny))
-        if not (dist < face_r and size > 1):
-            break
-        if dist <= 16 * tiny:  # a tie: towards the lowest-index vertex, a constant
-            first = support.index(True)
-            tie_dir = [float(i == first) - centroid[i] for i in range(k)]
-            norm = max(math.sqrt(sum(v * v for v in tie_dir)), tiny)
-            pushed = [c + face_r * v / norm for c, v in zip(centroid, tie_dir)]
-            push_jac = [[0.0] * k for _ in range(k)]
-        else:
-            unit = [v / dist for v in offset]
-            pushed = [c + face_r * v for c, v in zip(centroid, unit)]
-            gain = face_r / dist
-            push_jac = [[gain * (float(i == j) - unit[i] * unit[j]) for j in range(k)] for i in range(k)]
-        jac = _matmul(push_jac, jac)
-        if min(pushed) < 0:
-            pushed, pushed_support = _row_sparsemax(pushed)
-            jac = _matmul(_sparsemax_jacobian(pushed_support), jac)
-        p = pushed
-    p = [max(v, 0.0) for v in p]
-    total = sum(p)
-    return [v / total for v in p], jac
-
-
-class _SmallSparsestMax(torch.autograd.Function):
-    """SparsestMax of a few CPU rows (private); backward is ``J^T grad``."""
-
-    @staticmethod
-    def forward(ctx, z: Tensor, radii: list[float], mode: str) -> Tensor:
-        tiny = torch.finfo(z.dtype).eps
-        rows = z.detach().reshape(-1, z.shape[-1]).tolist()
-        outs, jacs = [], []
-        for row, r in zip(rows, radii if len(radii) > 1 else radii * len(rows)):
-            if not all(math.isfinite(v) for v in row):
-                raise ValueError('logits contain NaN or inf; sparsemax/sparsestmax need finite logits')
-            out, jac = _row_sparsestmax(row, r, mode, tiny)
-            outs.append(out)
-            jacs.append(jac)
-        ctx.save_for_backward(torch.tensor(jacs, dtype=z.dtype))
-        return torch.tensor(outs, dtype=z.dtype).view(z.shape)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (jac, ) = ctx.saved_tensors  # (B, K, K)
-        k = grad.shape[-1]
-        grad_z = torch.bmm(grad.reshape(-1, 1, k), jac).view(grad.shape)
-        return grad_z, None, None
-
-
-def _small_sparsestmax(z: Tensor, radius: Union[float, Tensor], mode: str) -> Tensor:
-    if not z.is_floating_point():
-        raise TypeError(f'logits must be floating point, got {z.dtype}')
-    if z.shape[-1] < 2:
-        raise ValueError(f'logits need at least 2 entries along dim, got {z.shape[-1]}')
-    r = float(radius.detach().reshape(())) if isinstance(radius, Tensor) else float(radius)
-    if not math.isfinite(r) or r < 0:
-        raise ValueError(f'radius must be a finite number >= 0, got {radius}')
-    return _SmallSparsestMax.apply(z, [r], mode)
