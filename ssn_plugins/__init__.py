@@ -11,16 +11,18 @@ from .checkpoint import (ResNetReleasedStem, SwitchNormPretrained, convert_check
 from .deploy import collapse_norms
 from .engine import (SafeCheckpointHook, SSNLogitClipHook, SSNRadiusHook, SwitchNormEvalHook,
                      SwitchNormMonitorHook, apply_norm_eval)
-from .norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d, SwitchNorm1d,
-                   SwitchNorm2d, SwitchNorm3d, SyncSparseSwitchNorm, SyncSwitchNorm,
-                   convert_sync_switchnorm, is_switch_norm, revert_sync_switchnorm)
+from .norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
+                   SparseSwitchNormBase, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d, SwitchNormBase,
+                   SyncSparseSwitchNorm, SyncSwitchNorm, convert_sync_switchnorm, is_switch_norm,
+                   revert_sync_switchnorm, update_choices)
 from .ops import sparsemax, sparsestmax
 
 __version__ = '0.1.0'
 
 __all__ = [
     'sparsemax', 'sparsestmax', 'SwitchNorm1d', 'SwitchNorm2d', 'SwitchNorm3d',
-    'SparseSwitchNorm1d', 'SparseSwitchNorm2d', 'SparseSwitchNorm3d', 'is_switch_norm',
+    'SparseSwitchNorm1d', 'SparseSwitchNorm2d', 'SparseSwitchNorm3d', 'SwitchNormBase',
+    'SparseSwitchNormBase', 'is_switch_norm', 'update_choices',
     'SyncSwitchNorm', 'SyncSparseSwitchNorm', 'convert_sync_switchnorm', 'revert_sync_switchnorm',
     'SSNRadiusHook', 'SwitchNormEvalHook', 'SwitchNormMonitorHook', 'SafeCheckpointHook',
     'SSNLogitClipHook',

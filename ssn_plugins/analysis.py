@@ -20,13 +20,13 @@ from collections import OrderedDict
 from typing import Mapping, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from mmengine.model import is_model_wrapper
 from torch import Tensor, nn
 
-from .norm.functional import NORMALIZERS
-from .norm.switch_norm import _SparseSwitchNorm, is_switch_norm
-from .ops.sparsestmax import SPARSESTMAX_MODES, sparsestmax
+from .norm.moments import NORMALIZERS
+from .norm.ratios import switch_ratios
+from .norm.switch_norm import SparseSwitchNormBase, is_switch_norm
+from .ops.sparsestmax import SPARSESTMAX_MODES
 
 __all__ = [
     'collect_ratios', 'ratios_from_state_dict', 'ratios_from_checkpoint', 'load_state_dict',
@@ -48,7 +48,7 @@ def collect_ratios(model: nn.Module) -> list[dict]:
         if not is_switch_norm(layer):
             continue
         mean, var = layer.ratios()
-        sparse = isinstance(layer, _SparseSwitchNorm)
+        sparse = isinstance(layer, SparseSwitchNormBase)
         records.append(dict(name=name, type='SSN' if sparse else 'SN',
                             normalizers=list(layer.normalizers),
                             mean=[float(v) for v in mean], var=[float(v) for v in var],
@@ -70,7 +70,7 @@ def switch_norm_stats(model: nn.Module) -> dict[str, float]:
     groups: dict[tuple, list] = {}
     for layer in _unwrap(model).modules():
         if is_switch_norm(layer):
-            sparse = isinstance(layer, _SparseSwitchNorm)
+            sparse = isinstance(layer, SparseSwitchNormBase)
             key = (sparse, len(layer.normalizers), layer.mode if sparse else None)
             groups.setdefault(key, []).append(layer)
     if not groups:
@@ -80,13 +80,11 @@ def switch_norm_stats(model: nn.Module) -> dict[str, float]:
         for (sparse, k, mode), layers in groups.items():
             logits = torch.stack([torch.stack([m.mean_weight, m.var_weight]) for m in layers]).float()
             if not sparse:
-                ratios = F.softmax(logits, -1)  # (L, 2, K)
+                ratios = switch_ratios(logits)  # (L, 2, K)
             else:
                 radius = torch.stack([m.radius for m in layers]).float()  # (L,)
                 choice = torch.stack([torch.stack([m.mean_choice, m.var_choice]) for m in layers])
-                ratios = sparsestmax(logits, radius.unsqueeze(-1), mode=mode)
-                one_hot = F.one_hot(choice.clamp(min=0), k).to(ratios.dtype)
-                ratios = torch.where((choice >= 0).unsqueeze(-1), one_hot, ratios)
+                ratios = switch_ratios(logits, radius.view(-1, 1, 1), choice, mode)
                 latched.append((choice >= 0).all(-1).float())
                 radii.append(radius)
             entropies.append(-(ratios * ratios.clamp_min(1e-30).log()).sum(-1).mean(-1))
@@ -139,19 +137,25 @@ def _normalizers_for(prefix: str, k: int, state: Mapping[str, Tensor]) -> tuple[
                      'alone; pass the config too (tools/analyze_ratios.py CONFIG CHECKPOINT)')
 
 
-def _ratio_from_state(prefix: str, which: str, state: Mapping[str, Tensor], mode: str) -> tuple[Tensor, bool]:
-    logits = state[f'{prefix}.{which}_weight'].detach().double().flatten()
-    choice = state.get(f'{prefix}.{which}_choice')      # ssn_plugins layers
-    fixed = state.get(f'{prefix}.{which}_fixed')        # the released SSN code
-    if choice is not None and int(choice) >= 0:
-        return F.one_hot(torch.tensor(int(choice)), logits.numel()).double(), True
-    if fixed is not None and int(fixed) != 0:
-        # released layers store the selected one-hot vector in the logits
-        return F.one_hot(logits.argmax(), logits.numel()).double(), True
+def _ratios_from_state(prefix: str, state: Mapping[str, Tensor], mode: str) -> tuple[Tensor, Tensor]:
+    """(2, K) ratios of one layer's state and (2,) whether each row is latched."""
+    logits = torch.stack([state[f'{prefix}.{which}_weight'].detach().double().flatten()
+                          for which in ('mean', 'var')])
     radius = state.get(f'{prefix}.radius')
     if radius is None:
-        return F.softmax(logits, 0), False
-    return sparsestmax(logits, float(radius.flatten()[0]), mode=mode), False
+        return switch_ratios(logits, name=prefix), torch.zeros(2, dtype=torch.bool)
+    choices = []
+    for row, which in zip(logits, ('mean', 'var')):
+        choice = state.get(f'{prefix}.{which}_choice')  # ssn_plugins layers
+        fixed = state.get(f'{prefix}.{which}_fixed')  # the released SSN code
+        if fixed is not None and int(fixed) != 0:
+            # released layers store the selected one-hot vector in the logits
+            choices.append(int(row.argmax()))
+        else:
+            choices.append(-1 if choice is None else int(choice))
+    choices = torch.tensor(choices)
+    radius = radius.detach().double().flatten()[0]
+    return switch_ratios(logits, radius, choices, mode, prefix), choices >= 0
 
 
 def ratios_from_state_dict(state: Mapping[str, Tensor], mode: str = 'paper') -> list[dict]:
@@ -172,12 +176,11 @@ def ratios_from_state_dict(state: Mapping[str, Tensor], mode: str = 'paper') -> 
             raise ValueError(f'{prefix}: has mean_weight but no var_weight')
         k = state[key].numel()
         normalizers = _normalizers_for(prefix, k, state)
-        mean, mean_latched = _ratio_from_state(prefix, 'mean', state, mode)
-        var, var_latched = _ratio_from_state(prefix, 'var', state, mode)
+        (mean, var), rows_latched = _ratios_from_state(prefix, state, mode)
         sparse = f'{prefix}.radius' in state
         records.append(dict(name=prefix, type='SSN' if sparse else 'SN', normalizers=list(normalizers),
                             mean=[float(v) for v in mean], var=[float(v) for v in var],
-                            latched=sparse and mean_latched and var_latched))
+                            latched=sparse and bool(rows_latched.all())))
     if not records:
         raise ValueError('no SN/SSN layer (keys ending in .mean_weight) in the checkpoint')
     return records

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .norm.switch_norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
-                               _SparseSwitchNorm, _SwitchNormBase)
+                               SparseSwitchNormBase, SwitchNormBase)
 
 __all__ = ['InstanceNorm', 'collapse_norms', 'collapse_plan', 'plain_norm', 'fold_conv_bn', 'build_collapsed',
            'deploy_checkpoint']
@@ -57,14 +57,14 @@ class InstanceNorm(nn.GroupNorm):
         return y
 
 
-def _rank(layer: _SwitchNormBase) -> Optional[int]:
+def _rank(layer: SwitchNormBase) -> Optional[int]:
     """1, 2 or 3 like ``BatchNorm{1,2,3}d``; None for layers of any rank (synced ones)."""
     return _RANKS.get(tuple(layer._input_ranks))
 
 
-def _choices(layer: _SwitchNormBase) -> Optional[tuple[int, int]]:
+def _choices(layer: SwitchNormBase) -> Optional[tuple[int, int]]:
     """Indices of the (mean, var) normalizers if the layer has settled on one each, else None."""
-    if isinstance(layer, _SparseSwitchNorm) and layer.latched:
+    if isinstance(layer, SparseSwitchNormBase) and layer.latched:
         return int(layer.mean_choice), int(layer.var_choice)
     mean_ratios, var_ratios = layer.ratios()
     if bool((mean_ratios == 1).any()) and bool((var_ratios == 1).any()):
@@ -76,21 +76,21 @@ def collapse_plan(model: nn.Module) -> dict[str, list[int]]:
     """``{layer name: [mean index, var index]}`` for every settled SN/SSN layer of ``model``."""
     plan = {}
     for name, module in model.named_modules():
-        if isinstance(module, _SwitchNormBase):
+        if isinstance(module, SwitchNormBase):
             choices = _choices(module)
             if choices is not None:
                 plan[name] = list(choices)
     return plan
 
 
-def _copy_affine(src: _SwitchNormBase, dst: nn.Module) -> nn.Module:
+def _copy_affine(src: SwitchNormBase, dst: nn.Module) -> nn.Module:
     if src.affine:
         dst.weight.data.copy_(src.weight.detach())
         dst.bias.data.copy_(src.bias.detach())
     return dst.to(device=src.mean_weight.device, dtype=src.mean_weight.dtype).train(src.training)
 
 
-def plain_norm(layer: _SwitchNormBase,
+def plain_norm(layer: SwitchNormBase,
                choices: Optional[Sequence[int]] = None) -> Optional[nn.Module]:
     """The plain module equal to a settled SN/SSN ``layer``, or None if it has not settled.
 
@@ -110,18 +110,16 @@ def plain_norm(layer: _SwitchNormBase,
         return _copy_affine(layer, InstanceNorm(c, eps=layer.eps, affine=layer.affine))
     if mean_name == var_name == 'ln':
         return _copy_affine(layer, nn.GroupNorm(1, c, eps=layer.eps, affine=layer.affine))
-    if isinstance(layer, _SparseSwitchNorm) or rank is None:
+    if isinstance(layer, SparseSwitchNormBase) or rank is None:
         # Latched SSN (or a synced SN): its forward already computes just what it needs.
-        if isinstance(layer, _SparseSwitchNorm):
-            layer.mean_choice.fill_(choices[0])
-            layer.var_choice.fill_(choices[1])
+        if isinstance(layer, SparseSwitchNormBase):
+            layer.latch(*choices)
         return layer
     # An SN layer with one-hot mixed ratios: the compact equivalent is a latched SSN layer.
     compact = _SSN[rank](c, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
                          normalizers=layer.normalizers)
     compact.load_state_dict(layer.state_dict(), strict=False)
-    compact.mean_choice.fill_(choices[0])
-    compact.var_choice.fill_(choices[1])
+    compact.latch(*choices)
     return compact.to(device=layer.mean_weight.device).train(layer.training)
 
 
@@ -180,7 +178,7 @@ def collapse_norms(model: nn.Module,
     counts: dict[str, int] = {}
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
-            if not isinstance(child, _SwitchNormBase):
+            if not isinstance(child, SwitchNormBase):
                 continue
             full_name = f'{parent_name}.{name}' if parent_name else name
             if plan is not None and full_name not in plan:
@@ -218,7 +216,7 @@ def build_collapsed(model: dict,
         model = dict(model)
         model.setdefault('data_preprocessor', data_preprocessor)
     built = MODELS.build(model).eval()
-    layers = {n for n, m in built.named_modules() if isinstance(m, _SwitchNormBase)}
+    layers = {n for n, m in built.named_modules() if isinstance(m, SwitchNormBase)}
     unknown = sorted(set(plan) - layers)
     if unknown:
         raise ValueError(f'CollapsedNorms: plan names layers that are not SN/SSN in this model: '

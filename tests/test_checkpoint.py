@@ -21,7 +21,7 @@ import ssn_plugins  # noqa: F401  (registers SN/SSN, SwitchNormPretrained, ResNe
 from released_layout import (released_forward, released_state_dict, save_released, v2_state_dict)
 from ssn_plugins.checkpoint import (ConversionError, convert_checkpoint, convert_state_dict,
                                     stem_pool_of)
-from ssn_plugins.norm.switch_norm import _SparseSwitchNorm
+from ssn_plugins.norm.switch_norm import SparseSwitchNormBase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MMDET_CFG = os.path.join(ROOT, 'configs', 'mmdet', 'mask-rcnn_r50-ssn_fpn_1x_coco.py')
@@ -249,7 +249,7 @@ def test_mask_rcnn_config_loads_every_backbone_tensor(r50_ssn):
     model = _build_from_config(MMDET_CFG, dst, check_stem=False)
     model.init_weights()
     assert_loaded(model.backbone, released)
-    latched = [m for m in model.backbone.modules() if isinstance(m, _SparseSwitchNorm) and m.latched]
+    latched = [m for m in model.backbone.modules() if isinstance(m, SparseSwitchNormBase) and m.latched]
     assert len(latched) == released_fixed_layers(released)
 
 
@@ -329,7 +329,7 @@ def test_latched_layers_stay_latched_in_fine_tuning(tmp_path):
     convert_checkpoint(src, str(tmp_path / 'dst.pth'))
     model = _backbone(str(tmp_path / 'dst.pth'), width=8)
     model.init_weights()
-    layers = [m for m in model.modules() if isinstance(m, _SparseSwitchNorm)]
+    layers = [m for m in model.modules() if isinstance(m, SparseSwitchNormBase)]
     before = [(int(m.mean_choice), int(m.var_choice)) for m in layers]
     assert all(c >= 0 for pair in before for c in pair)
     model.train()
@@ -351,7 +351,7 @@ def test_relearn_selection_frees_latched_layers(tmp_path, logits):
     convert_checkpoint(src, str(tmp_path / 'dst.pth'))
     model = _backbone(str(tmp_path / 'dst.pth'), width=8, relearn_selection=True, relearn_logits=logits)
     model.init_weights()
-    layers = [m for m in model.modules() if isinstance(m, _SparseSwitchNorm)]
+    layers = [m for m in model.modules() if isinstance(m, SparseSwitchNormBase)]
     assert all(not m.latched and float(m.radius) == 0 for m in layers)
     layer, choice = model.layer2[0].sn2, int(released['layer2.0.sn2.mean_weight'].argmax())
     mean_ratios, _ = layer.ratios()

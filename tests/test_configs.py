@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import ssn_plugins
-from ssn_plugins.norm.switch_norm import _SparseSwitchNorm
+from ssn_plugins.norm.switch_norm import SparseSwitchNormBase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DET_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'mmdet', '*.py')))
@@ -52,7 +52,7 @@ def _check_all_norms(model, cfg_path):
                  if isinstance(m, (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.SyncBatchNorm))]
     assert not offenders, f'plain norm layers left: {offenders[:5]}'
     sparse = family.endswith('SSN')
-    assert all(isinstance(m, _SparseSwitchNorm) == sparse for m in switch)
+    assert all(isinstance(m, SparseSwitchNormBase) == sparse for m in switch)
     if family.startswith('Sync'):
         assert all(type(m).__name__.startswith('Sync') for m in switch)
     return switch

@@ -1,19 +1,22 @@
 """A latched SSN layer runs PyTorch's own kernel and equals the dense computation."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import ssn_plugins
 import ssn_plugins.norm.switch_norm as switch_norm_module
 from ssn_plugins import SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d
-from ssn_plugins.norm.functional import pool_batch, switch_norm
+from ssn_plugins.norm.functional import switch_norm
+from ssn_plugins.norm.moments import local_batch_moments
 
 CHOICES = [('bn', 'bn'), ('in', 'in'), ('ln', 'ln'), ('in', 'bn'), ('bn', 'ln'), ('ln', 'in')]
 
 
 def _latched(cls, c, mean, var, affine=True):
     layer = cls(c, affine=affine)
-    layer.mean_choice.fill_(layer.normalizers.index(mean))
-    layer.var_choice.fill_(layer.normalizers.index(var))
+    layer.latch(mean, var)
     with torch.no_grad():
         layer.running_mean.normal_()
         layer.running_var.uniform_(0.5, 1.5)
@@ -24,11 +27,11 @@ def _latched(cls, c, mean, var, affine=True):
 
 
 def _dense(layer, x):
-    """The same layer computed the slow way: one-hot ratios through the autograd path."""
-    p, q = layer.ratios()
-    return switch_norm(x, p, q, layer.normalizers, layer.running_mean, layer.running_var,
+    """The same layer computed the slow way: one-hot ratios through the composite path."""
+    ratios = torch.stack(layer.ratios())  # (2, K)
+    return switch_norm(x, ratios, layer.normalizers, layer.running_mean, layer.running_var,
                        layer.weight, layer.bias, layer.training, layer.momentum, layer.eps,
-                       pool_batch, fused=False)
+                       path='composite')
 
 
 @pytest.mark.parametrize('choice', CHOICES)
@@ -78,33 +81,99 @@ def test_single_normalizer_skips_the_switch_computation(choice, monkeypatch):
     layer.eval()(torch.randn(2, 4, 3, 3))
 
 
-def test_overridden_bn_pool_falls_back_to_dense_path(monkeypatch):
-    """Synced layers replace _bn_pool: a latched (BN, BN) must still use it."""
+def test_latched_in_training_takes_the_kernel_after_update_choices(monkeypatch):
+    """Latching in a forward is recorded on the device; update_choices hands it to the host."""
+    layer = SparseSwitchNorm2d(4)
+    with torch.no_grad():
+        layer.mean_weight.copy_(torch.tensor([0., 0., 3.]))
+        layer.var_weight.copy_(torch.tensor([0., 0., 3.]))
+    layer.set_radius(1.0)
+    x = torch.randn(2, 4, 3, 3)
+    layer(x)  # latches on (BN, BN) here, through switch_norm
+    assert (int(layer.mean_choice), int(layer.var_choice)) == (2, 2)
+    running = [layer.running_mean.clone(), layer.running_var.clone()]
+    expected = F.batch_norm(x, *running, layer.weight, layer.bias, True, layer.momentum, layer.eps)
+    # the host has not been told yet: the general path, same numbers
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+    def fail(*args, **kwargs):
+        raise AssertionError('dense switch_norm called for a latched single-normalizer layer')
+
+    monkeypatch.setattr(switch_norm_module, 'switch_norm', fail)
+    assert ssn_plugins.update_choices(layer) == 1
+    expected = F.batch_norm(x, *running, layer.weight, layer.bias, True, layer.momentum, layer.eps)
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer.running_mean, running[0])
+    torch.testing.assert_close(layer.running_var, running[1])
+
+
+def _counting_pool(calls):
+    """This process's batch moments, as a custom ``batch_pool`` that records its calls."""
+
+    def pool(mean, var, length):
+        calls.append(mean.shape)
+        return local_batch_moments(mean, var, length)
+
+    return pool
+
+
+def test_custom_batch_pool_needs_the_composite_path():
+    """A ``batch_pool`` is only taken by path='composite'; this process's pool equals the default."""
+    x = torch.randn(3, 4, 5, 5, requires_grad=True)
+    ratios = torch.softmax(torch.randn(2, 3), -1).requires_grad_()
+    buffers = [(torch.zeros(4), torch.ones(4)) for _ in range(3)]
+    with pytest.raises(ValueError, match="path='composite'"):
+        switch_norm(x, ratios, running_mean=torch.zeros(4), running_var=torch.ones(4),
+                    path='fused', batch_pool=local_batch_moments)
+    calls = []
+    outputs = [
+        switch_norm(x, ratios, running_mean=rm, running_var=rv, path=path, batch_pool=pool)
+        for (rm, rv), (path, pool) in zip(buffers, [('fused', None), ('composite', None),
+                                                    ('composite', _counting_pool(calls))])]
+    assert calls == [(3, 4)], 'the batch_pool was not used'
+    grad = torch.randn_like(x)
+    expected = torch.autograd.grad(outputs[0], (x, ratios), grad)
+    for y, (rm, rv) in zip(outputs[1:], buffers[1:]):
+        torch.testing.assert_close(y, outputs[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(rm, buffers[0][0])
+        torch.testing.assert_close(rv, buffers[0][1])
+        for got, want in zip(torch.autograd.grad(y, (x, ratios), grad), expected):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_layer_with_a_batch_pool_skips_the_bn_kernel():
+    """Synced layers override _batch_pool: a latched (BN, BN) must still use it, not F.batch_norm."""
     calls = []
 
     class Pooled(SparseSwitchNorm2d):
 
-        def _bn_pool(self, mean, var):
-            calls.append(mean.shape)
-            return pool_batch(mean, var)
+        def _batch_pool(self):
+            return _counting_pool(calls)
 
     layer = _latched(Pooled, 4, 'bn', 'bn')
     reference = _latched(SparseSwitchNorm2d, 4, 'bn', 'bn')
     reference.load_state_dict(layer.state_dict())
     x = torch.randn(3, 4, 5, 5)
     torch.testing.assert_close(layer(x), reference(x), atol=1e-5, rtol=1e-5)
-    assert calls, 'the overridden _bn_pool was not used'
+    torch.testing.assert_close(layer.running_mean, reference.running_mean)
+    torch.testing.assert_close(layer.running_var, reference.running_var)
+    assert calls, 'the overridden _batch_pool was not used'
 
 
 @pytest.mark.parametrize('choice', CHOICES)
 @pytest.mark.parametrize('training', [True, False])
-def test_one_by_one_maps(choice, training):
+@pytest.mark.parametrize('n', [1, 2])
+def test_one_by_one_maps(choice, training, n):
     """PSPNet's pooling branch: one value per (n, c); IN gives the bias, no error."""
-    if training and choice == ('bn', 'bn'):
-        pytest.skip('batch statistics of a single value per channel: BatchNorm2d refuses too')
     layer = _latched(SparseSwitchNorm2d, 6, *choice).train(training)
-    x = torch.randn(1, 6, 1, 1, requires_grad=True)
+    x = torch.randn(n, 6, 1, 1, requires_grad=True)
+    if training and n == 1 and 'bn' in choice:
+        # batch statistics of a single value per channel: BatchNorm2d refuses too
+        with pytest.raises(ValueError, match='more than 1 value per channel'):
+            layer(x)
+        return
+    reference = copy.deepcopy(layer)  # its own running buffers: BN's backward reads the layer's
     y = layer(x)
     # var = 0: y = x * rsqrt(eps) - x * rsqrt(eps) + bias loses ~1e-4 in float32
-    torch.testing.assert_close(y, _dense(layer, x), atol=5e-4, rtol=0)
+    torch.testing.assert_close(y, _dense(reference, x), atol=5e-4, rtol=0)
     y.sum().backward()

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ssn_plugins import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d, SwitchNorm1d,
-                         SwitchNorm2d, SwitchNorm3d)
+                         SwitchNorm2d, SwitchNorm3d, update_choices)
 from ssn_reference import ref_switch_norm
 
 LAYERS = {
@@ -27,8 +27,8 @@ def _randomise(layer):
     return layer
 
 
-def _one_hot_layer(cls, c, mean_index, var_index):
-    layer = cls(c)
+def _one_hot_layer(cls, c, mean_index, var_index, momentum=0.1):
+    layer = cls(c, momentum=momentum)
     with torch.no_grad():
         layer.mean_weight.copy_(torch.tensor([0., 0., 0.]).index_fill_(0, torch.tensor(mean_index), 50.))
         layer.var_weight.copy_(torch.tensor([0., 0., 0.]).index_fill_(0, torch.tensor(var_index), 50.))
@@ -75,10 +75,12 @@ def test_gradcheck_float64(cls, training):
     (2, 2, 'bn'), (0, 0, 'in'), (1, 1, 'ln')
 ])
 @pytest.mark.parametrize('cls', [SwitchNorm2d, SparseSwitchNorm2d])
-def test_one_hot_equals_plain_layer(cls, mean_index, var_index, reference):
+@pytest.mark.parametrize('momentum', [0.1, None], ids=['momentum', 'cumulative'])
+def test_one_hot_equals_plain_layer(cls, mean_index, var_index, reference, momentum):
     c = 6
-    layer = _one_hot_layer(cls, c, mean_index, var_index)
-    plain = {'bn': nn.BatchNorm2d(c), 'in': nn.InstanceNorm2d(c, affine=True), 'ln': nn.GroupNorm(1, c)}[reference]
+    layer = _one_hot_layer(cls, c, mean_index, var_index, momentum)
+    plain = {'bn': nn.BatchNorm2d(c, momentum=momentum), 'in': nn.InstanceNorm2d(c, affine=True),
+             'ln': nn.GroupNorm(1, c)}[reference]
     with torch.no_grad():
         for p in (layer.weight, layer.bias):
             p.copy_(torch.randn_like(p))
@@ -90,6 +92,8 @@ def test_one_hot_equals_plain_layer(cls, mean_index, var_index, reference):
     if reference == 'bn':
         torch.testing.assert_close(layer.running_mean, plain.running_mean)
         torch.testing.assert_close(layer.running_var, plain.running_var)
+        if momentum is None:  # a cumulative average counts the batches, as BatchNorm
+            assert torch.equal(layer.num_batches_tracked, plain.num_batches_tracked)
     layer.eval()
     plain.eval()
     x = torch.randn(2, c, 5, 7)
@@ -195,13 +199,48 @@ def test_latched_layer_does_not_run_sparsestmax(monkeypatch):
     layer.set_radius(1.0)
     layer(torch.randn(2, 4, 3, 3))
     assert layer.latched
+    assert update_choices(layer) == 1  # the host learns the choices latched on the device
+    import ssn_plugins.norm.ratios as ratios_module
     import ssn_plugins.norm.switch_norm as module
 
     def fail(*args, **kwargs):
         raise AssertionError('sparsestmax called on a latched layer')
 
-    monkeypatch.setattr(module, 'sparsestmax', fail)
+    monkeypatch.setattr(module, 'switch_ratios', fail)
+    monkeypatch.setattr(ratios_module, 'sparsestmax_unchecked', fail)
     layer(torch.randn(2, 4, 3, 3))
+    layer.latch('in', 'bn')  # latched on two normalizers: one-hot ratios, still no sparsestmax
+    layer(torch.randn(2, 4, 3, 3))
+
+
+def test_latching_in_training_gives_the_same_output_before_and_after_update_choices():
+    """Until update_choices, a layer latched on the device takes the general path: same numbers."""
+    layer = _randomise(SparseSwitchNorm2d(4))
+    layer.set_radius(1.0)
+    layer(torch.randn(2, 4, 3, 3))  # latches here
+    assert layer.latched
+    fast = SparseSwitchNorm2d(4)
+    fast.load_state_dict(layer.state_dict())  # loading tells the host the choices
+    x = torch.randn(3, 4, 5, 5)
+    for training in (True, False):
+        torch.testing.assert_close(layer.train(training)(x), fast.train(training)(x), rtol=1e-5,
+                                   atol=1e-5)
+    torch.testing.assert_close(layer.running_mean, fast.running_mean)
+    torch.testing.assert_close(layer.running_var, fast.running_var)
+
+
+def test_latch_by_name_or_index_and_unlatch():
+    layer = SparseSwitchNorm2d(4, normalizers=('in', 'bn'))
+    layer.latch('bn', 0)
+    assert (int(layer.mean_choice), int(layer.var_choice)) == (1, 0) and layer.latched
+    mean_ratios, var_ratios = layer.ratios()
+    assert mean_ratios.tolist() == [0., 1.] and var_ratios.tolist() == [1., 0.]
+    layer.unlatch()
+    assert not layer.latched and int(layer.mean_choice) == -1
+    for bad in ('ln', 2, -1, True, 1.0):
+        with pytest.raises(ValueError, match="latch: mean must be one of \\('in', 'bn'\\)"):
+            layer.latch(bad, 'in')
+    assert not layer.latched
 
 
 def test_eval_does_not_latch():
@@ -220,6 +259,23 @@ def test_latched_logits_stay_in_the_graph():
     assert layer.mean_weight.grad is not None and torch.equal(layer.mean_weight.grad, torch.zeros(3))
 
 
+def test_latched_layer_ignores_non_finite_logits():
+    """A latched row is one-hot whatever its logits hold, on the device path and on the host's."""
+    layer = SparseSwitchNorm2d(4)
+    layer.set_radius(1.0)
+    x = torch.randn(2, 4, 3, 3)
+    expected = layer(x)  # latches here
+    with torch.no_grad():
+        layer.mean_weight.fill_(float('nan'))
+        layer.var_weight[0] = float('inf')
+    torch.testing.assert_close(layer(x), expected)  # the host does not know yet
+    update_choices(layer)
+    y = layer(x)
+    torch.testing.assert_close(y, expected)
+    y.sum().backward()
+    assert torch.equal(layer.mean_weight.grad, torch.zeros(3))
+
+
 def test_bad_input_gives_clear_errors():
     layer = SparseSwitchNorm2d(4)
     with pytest.raises(ValueError, match='4D input'):
@@ -232,18 +288,22 @@ def test_bad_input_gives_clear_errors():
         SwitchNorm2d(4, normalizers=('in', 'gn'))
     with pytest.raises(ValueError, match='mode'):
         SparseSwitchNorm2d(4, mode='fast')
-    with pytest.raises(ValueError, match='radius'):
-        layer.set_radius(-1)
+    for bad in (-1, float('inf'), float('nan'), None, '0.5', True):
+        with pytest.raises((ValueError, TypeError), match=r'radius must be a finite number in \[0, inf\)'):
+            layer.set_radius(bad)
     with pytest.raises(TypeError):
         SparseSwitchNorm2d(4, momentun=0.1)
+    with pytest.raises(ValueError, match='momentum'):
+        SwitchNorm2d(4, momentum=1.5)
     with torch.no_grad():
         layer.mean_weight[0] = float('nan')
-    with pytest.raises(ValueError, match='NaN'):
+    # checked on the device (torch._assert_async): a RuntimeError on the CPU
+    with pytest.raises((ValueError, RuntimeError), match='SparseSwitchNorm2d: .*NaN or inf'):
         layer(torch.randn(2, 4, 3, 3))
     sn = SwitchNorm2d(4)
     with torch.no_grad():
         sn.var_weight[1] = float('inf')
-    with pytest.raises(ValueError, match='var_weight'):
+    with pytest.raises((ValueError, RuntimeError), match='var_weight.*NaN or inf'):
         sn(torch.randn(2, 4, 3, 3))
 
 

@@ -19,7 +19,7 @@ from mmengine.model.weight_init import update_init_info
 from mmengine.registry import WEIGHT_INITIALIZERS
 from torch import nn
 
-from ..norm.switch_norm import _SparseSwitchNorm
+from ..norm.switch_norm import SparseSwitchNormBase
 from .convert import extract_state_dict, load_source
 from .stem import stem_pool_of
 
@@ -83,7 +83,7 @@ def relearn_selection(module: nn.Module, logits: str = 'soft') -> int:
     count = 0
     with torch.no_grad():
         for layer in module.modules():
-            if not isinstance(layer, _SparseSwitchNorm):
+            if not isinstance(layer, SparseSwitchNormBase):
                 continue
             for which in ('mean', 'var'):
                 weight, choice = getattr(layer, f'{which}_weight'), getattr(layer, f'{which}_choice')

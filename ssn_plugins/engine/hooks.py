@@ -14,7 +14,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import nn
 
-from ..norm.switch_norm import _SparseSwitchNorm, is_switch_norm
+from ..norm.switch_norm import SparseSwitchNormBase, is_switch_norm, update_choices
 
 __all__ = ['SSNRadiusHook', 'SwitchNormEvalHook', 'radius_at', 'apply_norm_eval']
 
@@ -23,9 +23,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
 
 
-def sparse_switch_norms(model: nn.Module) -> Iterator[_SparseSwitchNorm]:
+def sparse_switch_norms(model: nn.Module) -> Iterator[SparseSwitchNormBase]:
     """Every SSN layer of ``model`` (any rank, synced or not)."""
-    return (m for m in _unwrap(model).modules() if isinstance(m, _SparseSwitchNorm))
+    return (m for m in _unwrap(model).modules() if isinstance(m, SparseSwitchNormBase))
 
 
 def radius_at(iteration: int, max_radius: float, start: int, end: int) -> float:
@@ -46,6 +46,11 @@ class SSNRadiusHook(Hook):
     1.0`` at the end of training (``end=None`` means ``runner.max_iters``),
     so every layer is one-hot after about 82% of training.  The radius is also
     logged as ``ssn_radius``.
+
+    After each training iteration (and before training, e.g. after a resume)
+    it tells the layers their latched choices with :func:`update_choices`:
+    one batched host read per iteration for the whole model, after which
+    latched layers take their fast paths.
     """
 
     priority = 'NORMAL'
@@ -65,6 +70,12 @@ class SSNRadiusHook(Hook):
         for layer in sparse_switch_norms(runner.model):
             layer.set_radius(radius)
         runner.message_hub.update_scalar('train/ssn_radius', radius)
+
+    def before_train(self, runner) -> None:
+        update_choices(_unwrap(runner.model))
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        update_choices(_unwrap(runner.model))
 
 
 def apply_norm_eval(model: nn.Module) -> int:

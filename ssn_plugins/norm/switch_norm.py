@@ -1,53 +1,64 @@
 """Switchable Normalization (SN) and Sparse Switchable Normalization (SSN) layers.
 
-One implementation, :class:`_SwitchNormBase`, holds the state; SN turns its
-logits into ratios with softmax, SSN with SparsestMax at a scheduled radius
-and latches its choice once the ratios are one-hot.  The 1d/2d/3d classes
-only differ in the input rank they accept, as in ``torch.nn.BatchNorm*d``.
+:class:`SwitchNormBase` holds the state and the one forward; SN turns its
+logits into ratios with softmax, :class:`SparseSwitchNormBase` (SSN) with
+SparsestMax at a scheduled radius and latches its choice once the ratios are
+one-hot.  The 1d/2d/3d classes only differ in the input rank they accept, as
+in ``torch.nn.BatchNorm*d``.
+
+Nothing in a forward or backward reads a tensor on the host.  An SSN layer
+records latching on the device (its ``mean_choice``/``var_choice``
+buffers); the host learns the choices from :func:`update_choices`, one
+batched read for a whole model, and only then takes the shortcuts of a
+latched layer (PyTorch's BN/IN/LN kernels, no SparsestMax).
 """
 from __future__ import annotations
 
-import logging
-import weakref
-from typing import Optional, Sequence
+import math
+import numbers
+from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.sparsestmax import SPARSESTMAX_MODES, sparsestmax
-from .functional import NORMALIZERS, pool_batch, switch_norm
-from .fused import latched_norm
+from ..ops.sparsestmax import SPARSESTMAX_MODES
+from .functional import keep_in_graph, latched_norm, switch_norm
+from .moments import NORMALIZERS, BatchPool
+from .ratios import latched_choices, switch_ratios
 
 __all__ = [
-    'SwitchNorm1d', 'SwitchNorm2d', 'SwitchNorm3d', 'SparseSwitchNorm1d',
-    'SparseSwitchNorm2d', 'SparseSwitchNorm3d', 'is_switch_norm'
+    'SwitchNormBase', 'SparseSwitchNormBase', 'SwitchNorm1d', 'SwitchNorm2d', 'SwitchNorm3d',
+    'SparseSwitchNorm1d', 'SparseSwitchNorm2d', 'SparseSwitchNorm3d', 'is_switch_norm',
+    'update_choices'
 ]
 
-logger = logging.getLogger(__name__)
 
+class SwitchNormBase(nn.Module):
+    """Switchable Normalization of any input rank (use the 1d/2d/3d classes).
 
-class _SwitchNormBase(nn.Module):
-    """State and forward shared by SN and SSN (not registered, not for direct use)."""
+    Ratios are ``softmax(mean_weight)`` and ``softmax(var_weight)``.  Subclasses
+    set ``_input_ranks``; synced layers override :meth:`_batch_pool`.
+    """
 
     _abbr_ = 'sn'  # mmcv names the layers sn1, sn2, ... like the released checkpoints
-    _input_ranks: tuple[int, ...] = ()
+    _input_ranks: tuple[int, ...] = (2, 3, 4, 5)
 
     def __init__(self,
                  num_features: int,
                  eps: float = 1e-5,
-                 momentum: float = 0.1,
+                 momentum: Optional[float] = 0.1,
                  affine: bool = True,
                  normalizers: Sequence[str] = NORMALIZERS,
                  device=None,
                  dtype=None) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f'num_features must be a positive int, got {num_features!r}')
         if not eps > 0:
             raise ValueError(f'eps must be > 0, got {eps!r}')
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f'momentum must be in [0, 1] (PyTorch convention), got {momentum!r}')
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f'momentum must be in [0, 1] (PyTorch convention) or None '
+                             f'(cumulative average), got {momentum!r}')
         normalizers = tuple(normalizers)
         unknown = [n for n in normalizers if n not in NORMALIZERS]
         if unknown or len(set(normalizers)) != len(normalizers):
@@ -77,12 +88,18 @@ class _SwitchNormBase(nn.Module):
         else:
             self.register_buffer('running_mean', None)
             self.register_buffer('running_var', None)
+        if momentum is None and 'bn' in self.normalizers:  # cumulative average, as BatchNorm
+            self.register_buffer('num_batches_tracked', torch.zeros((), dtype=torch.long, device=device))
+        else:
+            self.register_buffer('num_batches_tracked', None)
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
         if self.running_mean is not None:
             self.running_mean.zero_()
             self.running_var.fill_(1)
+        if self.num_batches_tracked is not None:
+            self.num_batches_tracked.zero_()
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
@@ -101,83 +118,117 @@ class _SwitchNormBase(nn.Module):
             raise ValueError(f'{type(self).__name__} expects {self.num_features} channels '
                              f'(dim 1), got input of shape {tuple(x.shape)}')
 
-    def _ratios(self, latch: bool = False) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+    def _logits(self) -> Tensor:
+        return torch.stack([self.mean_weight, self.var_weight])  # (2, K)
+
+    def _ratios(self, choices: Optional[Tensor] = None) -> Tensor:
+        """(2, K) ratios of the next forward (rows: mean, var), on the device."""
+        return switch_ratios(self._logits(), name=type(self).__name__)
 
     def ratios(self) -> tuple[Tensor, Tensor]:
         """The (mean, var) importance ratios the next forward uses, each (K,), order IN, LN, BN."""
         with torch.no_grad():
-            mean_ratios, var_ratios = self._ratios()
-        return mean_ratios.detach().clone(), var_ratios.detach().clone()
+            ratios = self._ratios(self._device_choices())
+        return ratios[0].clone(), ratios[1].clone()
+
+    def _device_choices(self) -> Optional[Tensor]:
+        return None
+
+    def _host_latched(self) -> Optional[tuple[str, str]]:
+        """(mean, var) normalizer names when the host knows both choices are latched, else None."""
+        return None
+
+    def _batch_pool(self) -> Optional[BatchPool]:
+        """The BN branch's batch pooling: None for this process's batch (synced layers override)."""
+        return None
+
+    def _bn_can_contribute(self) -> bool:
+        latched = self._host_latched()
+        return 'bn' in self.normalizers and (latched is None or 'bn' in latched)
+
+    def _momentum(self) -> Union[float, Tensor]:
+        """The running-average factor of this training step: momentum, or ``1 / t`` (momentum=None)."""
+        if self.momentum is not None or self.num_batches_tracked is None:
+            return self.momentum if self.momentum is not None else 0.0
+        self.num_batches_tracked.add_(1)
+        return self.num_batches_tracked.reciprocal()
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        default_pool = self._has_default_bn_pool()
-        choices = self._latched_choices()
-        mean_ratios, var_ratios = (None, None) if choices else self._ratios(latch=self.training)
-        bias = self.bias
-        anchor = None
-        if choices is not None and self.training and torch.is_grad_enabled():
-            # Keep the logits in the graph (zero gradient) so DDP with
-            # find_unused_parameters=False does not fail once a layer latches.
-            anchor = 0 * (self.mean_weight.sum() + self.var_weight.sum())
-            bias = anchor if bias is None else bias + anchor
-        if choices and choices[0] == choices[1] and (default_pool or choices[0] != 'bn'):
+        batch_pool = self._batch_pool()
+        if x.numel() == 0 and batch_pool is None:  # synced layers still join the collectives
+            return self._empty_forward(x)
+        if (self.training and batch_pool is None and self._bn_can_contribute()
+                and x.numel() == x.shape[1]):
+            raise ValueError(f'{type(self).__name__}: Expected more than 1 value per channel when '
+                             f'training (the BN branch), got input size {tuple(x.shape)}')
+        anchored = self.training and torch.is_grad_enabled()
+        latched = self._host_latched()
+        if latched is not None and latched[0] == latched[1] and (
+                latched[0] != 'bn' or (batch_pool is None and self.momentum is not None)):
             # Latched (BN, BN), (IN, IN) or (LN, LN): PyTorch's own kernel.
-            affine_bias = bias if self.bias is not None else None
-            y = latched_norm(x, choices[0], self.running_mean, self.running_var, self.weight,
-                             affine_bias, self.training, self.momentum, self.eps)
+            xin = keep_in_graph(x, self.mean_weight, self.var_weight) if anchored else x
+            y = latched_norm(xin, latched[0], self.running_mean, self.running_var, self.weight,
+                             self.bias, self.training, self.momentum, self.eps)
             if y is not None:
-                return y if anchor is None or affine_bias is not None else y + anchor
-        if mean_ratios is None:
-            mean_ratios, var_ratios = self._ratios(latch=self.training)
-        return switch_norm(x, mean_ratios, var_ratios, self.normalizers,
-                           self.running_mean, self.running_var, self.weight, bias,
-                           self.training, self.momentum, self.eps,
-                           pool_batch if default_pool else self._bn_pool)
+                return y
+        if latched is not None:  # latched on two normalizers: one-hot ratios, no SparsestMax
+            ratios = self._one_hot_ratios()
+            if anchored:
+                x = keep_in_graph(x, self.mean_weight, self.var_weight)
+        else:
+            ratios = self._ratios(self._device_choices())
+            if self.training:
+                self._record_latching(ratios)
+        momentum = self._momentum() if self.training and 'bn' in self.normalizers else self.momentum
+        return switch_norm(x, ratios, self.normalizers, self.running_mean, self.running_var,
+                           self.weight, self.bias, self.training, momentum, self.eps,
+                           path='fused' if batch_pool is None else 'composite', batch_pool=batch_pool)
 
-    def _bn_pool(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor, int]:
-        """The BN branch's batch moments; synced layers reduce across processes."""
-        return pool_batch(mean, var)
+    def _one_hot_ratios(self) -> Tensor:
+        choices = self._device_choices().unsqueeze(-1)  # (2, 1)
+        return (choices == torch.arange(len(self.normalizers), device=choices.device)).float()
 
-    def _has_default_bn_pool(self) -> bool:
-        """True unless a subclass (synced layers) replaced ``_bn_pool``: then no fast path."""
-        return (type(self)._bn_pool is _SwitchNormBase._bn_pool
-                and '_bn_pool' not in self.__dict__)
+    def _record_latching(self, ratios: Tensor) -> None:
+        pass
 
-    def _latched_choices(self) -> Optional[tuple[str, str]]:
-        """(mean, var) normalizer names once the selection is latched, else None."""
-        return None
+    def _empty_forward(self, x: Tensor) -> Tensor:
+        """As BatchNorm on an empty batch: an empty output, statistics untouched, parameters in the graph."""
+        y = x.clone()
+        if self.affine:
+            y = y * self.weight[0] + self.bias[0]
+        if self.training and torch.is_grad_enabled():
+            y = keep_in_graph(y, self.mean_weight, self.var_weight)
+        return y
 
     def extra_repr(self) -> str:
         return ('{num_features}, eps={eps}, momentum={momentum}, affine={affine}, '
                 'normalizers={normalizers}'.format(**self.__dict__))
 
 
-class _SwitchNorm(_SwitchNormBase):
-    """SN: ratios are ``softmax(mean_weight)`` and ``softmax(var_weight)``."""
+class SparseSwitchNormBase(SwitchNormBase):
+    """Sparse Switchable Normalization of any input rank (use the 1d/2d/3d classes).
 
-    def _ratios(self, latch: bool = False) -> tuple[Tensor, Tensor]:
-        for name in ('mean_weight', 'var_weight'):
-            if not bool(torch.isfinite(getattr(self, name)).all()):
-                raise ValueError(f'{type(self).__name__}.{name} holds NaN or inf: {getattr(self, name).data}')
-        return F.softmax(self.mean_weight, 0), F.softmax(self.var_weight, 0)
-
-
-class _SparseSwitchNorm(_SwitchNormBase):
-    """SSN: ratios are SparsestMax of the logits at radius ``radius``.
-
-    The radius is a buffer set from outside (``SSNRadiusHook``).  When, in
-    training, the mean (or variance) ratios become one-hot, the choice is
+    Ratios are SparsestMax of the logits at radius ``radius``, a buffer set
+    from outside (``SSNRadiusHook``, or :meth:`set_radius`).  When, in
+    training, the mean (or variance) ratios come out one-hot, the choice is
     latched in ``mean_choice`` (``var_choice``): the index of the selected
-    normalizer, ``-1`` while not latched.  Latched ratios no longer run
-    SparsestMax and stay one-hot whatever the radius or logits do.
+    normalizer, ``-1`` while free.  Latched ratios stay one-hot whatever the
+    radius or logits do, and the logits stay in the graph with a zero
+    gradient (DDP with ``find_unused_parameters=False``).
+
+    Latching happens on the device, in the forward.  The host learns of it
+    from :func:`update_choices` (``SSNRadiusHook`` calls it after every
+    training step), :meth:`latch`, :meth:`unlatch` or ``load_state_dict``;
+    until then the layer computes the same output on its general path.  In a
+    plain PyTorch loop, call ``update_choices(model)`` after
+    ``optimizer.step()`` now and then (it reads every layer in one copy).
     """
 
     def __init__(self,
                  num_features: int,
                  eps: float = 1e-5,
-                 momentum: float = 0.1,
+                 momentum: Optional[float] = 0.1,
                  affine: bool = True,
                  normalizers: Sequence[str] = NORMALIZERS,
                  mode: str = 'paper',
@@ -190,162 +241,223 @@ class _SparseSwitchNorm(_SwitchNormBase):
         self.register_buffer('radius', torch.zeros((), device=device))
         self.register_buffer('mean_choice', torch.full((), -1, dtype=torch.long, device=device))
         self.register_buffer('var_choice', torch.full((), -1, dtype=torch.long, device=device))
+        self._choices_seen = (-1, -1)  # what the host knows of the buffers
 
     def set_radius(self, radius: float) -> None:
-        if not radius >= 0:
-            raise ValueError(f'radius must be >= 0, got {radius!r}')
-        self.radius.fill_(radius)
+        """Set the SparsestMax radius: a finite number >= 0 (>= sqrt((K-1)/K) makes every row one-hot)."""
+        if isinstance(radius, bool) or not isinstance(radius, numbers.Real):
+            raise TypeError(f'{type(self).__name__}.set_radius: radius must be a finite number '
+                            f'in [0, inf), got {type(radius).__name__} {radius!r}')
+        if not (math.isfinite(radius) and radius >= 0):
+            raise ValueError(f'{type(self).__name__}.set_radius: radius must be a finite number '
+                             f'in [0, inf), got {radius!r}')
+        self.radius.fill_(float(radius))
 
-    def _choice_indices(self) -> tuple[int, int]:
-        """(mean, var) latched indices as Python ints, -1 while free.
+    def _index(self, choice: Union[int, str], which: str) -> int:
+        k = len(self.normalizers)
+        if isinstance(choice, str) and choice in self.normalizers:
+            return self.normalizers.index(choice)
+        if isinstance(choice, numbers.Integral) and not isinstance(choice, bool) and 0 <= choice < k:
+            return int(choice)
+        raise ValueError(f'{type(self).__name__}.latch: {which} must be one of {self.normalizers} '
+                         f'or an index in 0..{k - 1}, got {choice!r}')
 
-        Read from the buffers only when they changed (another tensor after
-        ``.to()``, or an in-place write such as ``load_state_dict``, which
-        bumps the tensor's version): this runs every forward, and reading a
-        buffer costs a tensor op (a device sync on CUDA).
-        """
-        buffers = (self.mean_choice, self.var_choice)
-        cached = self.__dict__.get('_choice_cache')
-        try:
-            versions = tuple(b._version for b in buffers)
-        except RuntimeError:  # inference tensors track no version: read them every time
-            return int(buffers[0]), int(buffers[1])
-        if (cached is None or cached[2] != versions
-                or any(ref() is not b for ref, b in zip(cached[1], buffers))):
-            cached = ((int(buffers[0]), int(buffers[1])), tuple(weakref.ref(b) for b in buffers),
-                      versions)
-            self.__dict__['_choice_cache'] = cached
-        return cached[0]
-
-    def __getstate__(self) -> dict:
-        state = dict(super().__getstate__())
-        state.pop('_choice_cache', None)  # weak references do not pickle
-        return state
-
-    @property
-    def latched(self) -> bool:
-        """True when both the mean and the variance choice are latched."""
-        mean_index, var_index = self._choice_indices()
-        return mean_index >= 0 and var_index >= 0
+    def latch(self, mean: Union[int, str], var: Union[int, str]) -> None:
+        """Fix the selection: ``mean``/``var`` are normalizer names (``'bn'``) or indices."""
+        mean_index, var_index = self._index(mean, 'mean'), self._index(var, 'var')
+        self.mean_choice.fill_(mean_index)
+        self.var_choice.fill_(var_index)
+        self._choices_seen = (mean_index, var_index)
 
     def unlatch(self) -> None:
         """Forget the latched choices so the layer learns its selection again."""
         self.mean_choice.fill_(-1)
         self.var_choice.fill_(-1)
+        self._choices_seen = (-1, -1)
 
-    def _latched_choices(self) -> Optional[tuple[str, str]]:
-        mean_index, var_index = self._choice_indices()
+    @property
+    def latched(self) -> bool:
+        """True when both the mean and the variance choice are latched (reads the buffers)."""
+        return bool((self.mean_choice >= 0) & (self.var_choice >= 0))
+
+    def _device_choices(self) -> Tensor:
+        return torch.stack([self.mean_choice, self.var_choice])  # (2,)
+
+    def _ratios(self, choices: Optional[Tensor] = None) -> Tensor:
+        return switch_ratios(self._logits(), self.radius, choices, self.mode, type(self).__name__)
+
+    def _host_latched(self) -> Optional[tuple[str, str]]:
+        mean_index, var_index = self._choices_seen
         if mean_index < 0 or var_index < 0:
             return None
         return self.normalizers[mean_index], self.normalizers[var_index]
 
-    def _sparsestmax(self, logits: Tensor, choices: tuple[Tensor, ...], latch: bool) -> Tensor:
-        """SparsestMax of each row of ``logits``; latch the rows that come out one-hot."""
-        try:
-            ratios = sparsestmax(logits, self.radius, mode=self.mode)
-        except ValueError as err:
-            raise ValueError(f'{type(self).__name__}: {err}') from None
-        if latch:
-            for row, choice in zip(ratios.detach().view(len(choices), -1), choices):
-                one_hot = (row == 1).nonzero()
-                if one_hot.numel():
-                    choice.fill_(int(one_hot[0, 0]))
-        return ratios
+    def _record_latching(self, ratios: Tensor) -> None:
+        """Latch the rows of ``ratios`` that came out one-hot, on the device."""
+        choices = latched_choices(ratios)
+        torch._foreach_copy_([self.mean_choice, self.var_choice], list(choices.unbind()))
 
-    def _one_ratio(self, logits: Tensor, choice: Tensor, index: int, latch: bool) -> Tensor:
-        if index >= 0:
-            return F.one_hot(choice, logits.numel()).to(logits.dtype)
-        return self._sparsestmax(logits, (choice, ), latch)
-
-    def _ratios(self, latch: bool = False) -> tuple[Tensor, Tensor]:
-        mean_index, var_index = self._choice_indices()
-        if mean_index < 0 and var_index < 0:
-            # One batched SparsestMax for both logits: its cost is per-op overhead, not size.
-            both = self._sparsestmax(torch.stack([self.mean_weight, self.var_weight]),
-                                     (self.mean_choice, self.var_choice), latch)
-            return both[0], both[1]
-        return (self._one_ratio(self.mean_weight, self.mean_choice, mean_index, latch),
-                self._one_ratio(self.var_weight, self.var_choice, var_index, latch))
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        k = len(self.normalizers)
+        seen = list(self._choices_seen)
+        for slot, which in enumerate(('mean_choice', 'var_choice')):
+            value = state_dict.get(prefix + which)
+            if value is None:
+                continue
+            if not isinstance(value, Tensor) or value.numel() != 1 or value.is_floating_point():
+                error_msgs.append(f'{prefix}{which}: expected an integer scalar (-1, or 0..{k - 1} '
+                                  f'for {self.normalizers}), got {value!r}')
+                return
+            index = int(value)
+            if not -1 <= index < k:
+                error_msgs.append(f'{prefix}{which} = {index} is out of range: -1 (not latched) or '
+                                  f'0..{k - 1} (an index into {self.normalizers})')
+                return
+            seen[slot] = index
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        self._choices_seen = tuple(seen)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode='{self.mode}'"
 
 
-class _Input1d:
-    _input_ranks = (2, 3)
+@torch.no_grad()
+def update_choices(model: nn.Module) -> int:
+    """Tell every SSN layer of ``model`` its latched choices: one host read per device.
+
+    Returns how many layers are fully latched.  ``SSNRadiusHook`` calls this
+    after every training step; a plain PyTorch loop may call it after
+    ``optimizer.step()`` so latched layers take their fast paths.
+    """
+    layers = [m for m in model.modules() if isinstance(m, SparseSwitchNormBase)]
+    by_device: dict = {}
+    for layer in layers:
+        by_device.setdefault(layer.mean_choice.device, []).append(layer)
+    latched = 0
+    for group in by_device.values():
+        values = torch.stack([b for m in group for b in (m.mean_choice, m.var_choice)]).tolist()
+        for i, layer in enumerate(group):
+            layer._choices_seen = (values[2 * i], values[2 * i + 1])
+            latched += min(layer._choices_seen) >= 0
+    return latched
 
 
-class _Input2d:
-    _input_ranks = (4,)
-
-
-class _Input3d:
-    _input_ranks = (5,)
-
-
-_SHAPE_DOC = """
+class SwitchNorm1d(SwitchNormBase):
+    """Switchable Normalization over (N, C) or (N, C, L) input.
 
     Shape:
-        - Input: {shape}
+        - Input: (N, C) or (N, C, L)
         - Output: same shape as the input
 
     Args:
         num_features: C, the number of channels.
         eps: added to the variance for stability.
         momentum: ``running = (1 - momentum) * running + momentum * batch``
-            (PyTorch convention; the released code's 0.997 is 0.003 here).
+            (PyTorch convention; the released code's 0.997 is 0.003 here);
+            ``None`` for a cumulative average, as in BatchNorm.
         affine: learn a per-channel ``weight`` and ``bias``.
         normalizers: which of ``('in', 'ln', 'bn')`` take part, e.g.
             ``('in', 'ln')`` for one sample per GPU (no running statistics).
-"""
+    """
+
+    _input_ranks = (2, 3)
 
 
-class SwitchNorm1d(_Input1d, _SwitchNorm):
-    __doc__ = 'Switchable Normalization over (N, C) or (N, C, L) input.' + _SHAPE_DOC.format(
-        shape='(N, C) or (N, C, L)')
+class SwitchNorm2d(SwitchNormBase):
+    """Switchable Normalization over (N, C, H, W) input.
 
+    Shape:
+        - Input: (N, C, H, W)
+        - Output: same shape as the input
 
-class SwitchNorm2d(_Input2d, _SwitchNorm):
-    __doc__ = 'Switchable Normalization over (N, C, H, W) input.' + _SHAPE_DOC.format(
-        shape='(N, C, H, W)') + """
+    Args:
+        num_features: C, the number of channels.
+        eps: added to the variance for stability.
+        momentum: ``running = (1 - momentum) * running + momentum * batch``
+            (PyTorch convention; the released code's 0.997 is 0.003 here);
+            ``None`` for a cumulative average, as in BatchNorm.
+        affine: learn a per-channel ``weight`` and ``bias``.
+        normalizers: which of ``('in', 'ln', 'bn')`` take part, e.g.
+            ``('in', 'ln')`` for one sample per GPU (no running statistics).
+
     Example:
         >>> norm = SwitchNorm2d(64)
         >>> y = norm(torch.randn(2, 64, 8, 8))
         >>> mean_ratios, var_ratios = norm.ratios()  # softmax of the logits
-"""
+    """
+
+    _input_ranks = (4, )
 
 
-class SwitchNorm3d(_Input3d, _SwitchNorm):
-    __doc__ = 'Switchable Normalization over (N, C, D, H, W) input.' + _SHAPE_DOC.format(
-        shape='(N, C, D, H, W)')
+class SwitchNorm3d(SwitchNormBase):
+    """Switchable Normalization over (N, C, D, H, W) input.
+
+    Shape:
+        - Input: (N, C, D, H, W)
+        - Output: same shape as the input
+
+    Args: as :class:`SwitchNorm2d`.
+    """
+
+    _input_ranks = (5, )
 
 
-_SSN_DOC = """        mode: SparsestMax rule, ``'paper'`` (default) or ``'official'``.
-"""
+class SparseSwitchNorm1d(SparseSwitchNormBase):
+    """Sparse Switchable Normalization over (N, C) or (N, C, L) input.
+
+    Shape:
+        - Input: (N, C) or (N, C, L)
+        - Output: same shape as the input
+
+    Args: as :class:`SparseSwitchNorm2d`.
+    """
+
+    _input_ranks = (2, 3)
 
 
-class SparseSwitchNorm1d(_Input1d, _SparseSwitchNorm):
-    __doc__ = 'Sparse Switchable Normalization over (N, C) or (N, C, L) input.' + _SHAPE_DOC.format(
-        shape='(N, C) or (N, C, L)') + _SSN_DOC
+class SparseSwitchNorm2d(SparseSwitchNormBase):
+    """Sparse Switchable Normalization over (N, C, H, W) input.
 
+    Shape:
+        - Input: (N, C, H, W)
+        - Output: same shape as the input
 
-class SparseSwitchNorm2d(_Input2d, _SparseSwitchNorm):
-    __doc__ = 'Sparse Switchable Normalization over (N, C, H, W) input.' + _SHAPE_DOC.format(
-        shape='(N, C, H, W)') + _SSN_DOC + """
+    Args:
+        num_features: C, the number of channels.
+        eps: added to the variance for stability.
+        momentum: ``running = (1 - momentum) * running + momentum * batch``
+            (PyTorch convention; the released code's 0.997 is 0.003 here);
+            ``None`` for a cumulative average, as in BatchNorm.
+        affine: learn a per-channel ``weight`` and ``bias``.
+        normalizers: which of ``('in', 'ln', 'bn')`` take part.
+        mode: SparsestMax rule, ``'paper'`` (default) or ``'official'``.
+
     Example:
         >>> norm = SparseSwitchNorm2d(64)
         >>> norm.set_radius(1.0)  # normally SSNRadiusHook's job
         >>> y = norm.train()(torch.randn(2, 64, 8, 8))
         >>> norm.latched
         True
-"""
+    """
+
+    _input_ranks = (4, )
 
 
-class SparseSwitchNorm3d(_Input3d, _SparseSwitchNorm):
-    __doc__ = 'Sparse Switchable Normalization over (N, C, D, H, W) input.' + _SHAPE_DOC.format(
-        shape='(N, C, D, H, W)') + _SSN_DOC
+class SparseSwitchNorm3d(SparseSwitchNormBase):
+    """Sparse Switchable Normalization over (N, C, D, H, W) input.
+
+    Shape:
+        - Input: (N, C, D, H, W)
+        - Output: same shape as the input
+
+    Args: as :class:`SparseSwitchNorm2d`.
+    """
+
+    _input_ranks = (5, )
 
 
 def is_switch_norm(module: nn.Module) -> bool:
     """True for SN and SSN layers of any rank (and their synced variants)."""
-    return isinstance(module, _SwitchNormBase)
+    return isinstance(module, SwitchNormBase)

@@ -14,8 +14,8 @@ layers of a built model in place of ``torch.nn.SyncBatchNorm.convert_sync_batchn
 """
 from __future__ import annotations
 
+import functools
 import logging
-import math
 from typing import Optional, Sequence
 
 import torch
@@ -23,10 +23,10 @@ import torch.distributed as dist
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
-from .functional import NORMALIZERS, pool_batch
+from .moments import NORMALIZERS, BatchPool
 from .switch_norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
-                          SwitchNorm1d, SwitchNorm2d, SwitchNorm3d, _SparseSwitchNorm,
-                          _SwitchNormBase)
+                          SparseSwitchNormBase, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d,
+                          SwitchNormBase)
 
 __all__ = [
     'SyncSwitchNorm', 'SyncSparseSwitchNorm', 'convert_sync_switchnorm', 'revert_sync_switchnorm'
@@ -55,7 +55,7 @@ class _GlobalMoments(torch.autograd.Function):
             local_var = var.mean(0) + (mean - local_mean).square().mean(0)
         else:  # contributes no values
             local_mean = local_var = mean.new_zeros(mean.shape[1])
-        local = torch.cat([local_mean, local_var, mean.new_tensor([n * length])])  # (2C + 1,)
+        local = torch.cat([local_mean, local_var, mean.new_full((1, ), n * length)])  # (2C + 1,)
         gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
         dist.all_gather(gathered, local, group=group)
         stats = torch.stack(gathered)  # (world, 2C + 1)
@@ -94,6 +94,20 @@ def _log_local_once() -> None:
                   logger='current', level=logging.INFO)
 
 
+def global_batch_moments(mean: Tensor, var: Tensor, length: int,
+                         group=None) -> tuple[Tensor, Tensor, Tensor]:
+    """BN moments of every value of every process in ``group`` (a ``BatchPool``).
+
+    With ``n_r`` samples of ``L_r`` values on process ``r`` (ranks may hold
+    images of different sizes), the global mean is
+    ``sum_r L_r sum_n mean_nc / sum_r n_r L_r`` and the variance follows the
+    law of total variance.  ``count``, the number of values per channel, is a
+    0-d tensor: it is only known on the device.
+    """
+    global_mean, global_var, total = _GlobalMoments.apply(mean, var, length, group)
+    return global_mean.unsqueeze(0), global_var.unsqueeze(0), total
+
+
 class _SyncMixin:
     """Replaces the BN branch's batch pooling by one over the process group."""
 
@@ -104,41 +118,18 @@ class _SyncMixin:
             raise TypeError(f'process_group must be a torch.distributed.ProcessGroup or None, '
                             f'got {type(process_group).__name__}')
         self.process_group = process_group
-        self._numel_per_channel = 1
 
     def _world_size(self) -> int:
         if not (dist.is_available() and dist.is_initialized()):
             return 1
         return dist.get_world_size(self.process_group)
 
-    def forward(self, x: Tensor) -> Tensor:
-        # L of this process's (N, C, L) view: ranks may hold images of different sizes
-        # (mmdet pads each batch on its own), so each rank's moments weigh N * L values.
-        self._numel_per_channel = math.prod(x.shape[2:])
-        return super().forward(x)
-
-    def _has_default_bn_pool(self) -> bool:
-        """With one process the plain layer's pooling (and its fast paths) is exact."""
+    def _batch_pool(self) -> Optional[BatchPool]:
+        """Global BN moments with more than one process; with one, the plain layer's (exact)."""
         if self._world_size() > 1:
-            return False
+            return functools.partial(global_batch_moments, group=self.process_group)
         _log_local_once()
-        return True
-
-    def _bn_pool(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor, float]:
-        """Global BN moments: every value of every process counts once.
-
-        With ``n_r`` samples of ``L_r`` values on process ``r``, the global mean is
-        ``sum_r L_r * sum_n mean_nc / sum_r n_r L_r`` and the variance follows the law
-        of total variance, ``sum_r L_r * sum_n (var_nc + (mean_nc - mean_c)^2) / total``
-        (no ``E[x^2] - E[x]^2`` cancellation).  ``count`` is ``total / L`` so that
-        ``count * L`` is the number of values the running variance's correction uses.
-        """
-        if self._world_size() == 1:
-            _log_local_once()
-            return pool_batch(mean, var)
-        length = self._numel_per_channel
-        global_mean, global_var, total = _GlobalMoments.apply(mean, var, length, self.process_group)
-        return global_mean.unsqueeze(0), global_var.unsqueeze(0), float(total) / length
+        return None
 
     def extra_repr(self) -> str:
         group = '' if self.process_group is None else ', process_group=custom'
@@ -209,11 +200,11 @@ _PLAIN_CLASSES = {
 }
 
 
-def _swap(module: _SwitchNormBase, cls: type, **extra) -> _SwitchNormBase:
+def _swap(module: SwitchNormBase, cls: type, **extra) -> SwitchNormBase:
     """A layer of class ``cls`` sharing ``module``'s parameters, buffers and mode."""
     options = dict(eps=module.eps, momentum=module.momentum, affine=module.affine,
                    normalizers=module.normalizers, **extra)
-    if isinstance(module, _SparseSwitchNorm):
+    if isinstance(module, SparseSwitchNormBase):
         options['mode'] = module.mode
     new = cls(module.num_features, device='meta', **options)
     # Share the very tensors (as convert_sync_batchnorm does) so optimizers, requires_grad
@@ -242,7 +233,7 @@ def convert_sync_switchnorm(model: nn.Module,
         new = _swap(model, cls, process_group=process_group)
         new._plain_cls = type(model)  # its input rank, for revert_sync_switchnorm
         return new
-    if isinstance(model, _SwitchNormBase):
+    if isinstance(model, SwitchNormBase):
         raise TypeError(f'convert_sync_switchnorm: no synced version of {type(model).__name__}')
     for name, child in model.named_children():
         new = convert_sync_switchnorm(child, process_group)
@@ -260,7 +251,7 @@ def revert_sync_switchnorm(model: nn.Module) -> nn.Module:
     Parameters and buffers are shared.
     """
     if isinstance(model, _SyncMixin):
-        default = SparseSwitchNorm2d if isinstance(model, _SparseSwitchNorm) else SwitchNorm2d
+        default = SparseSwitchNorm2d if isinstance(model, SparseSwitchNormBase) else SwitchNorm2d
         return _swap(model, getattr(model, '_plain_cls', default))
     for name, child in model.named_children():
         new = revert_sync_switchnorm(child)
