@@ -5,15 +5,36 @@ pickles them by module name, and pytest's importlib mode names test modules
 ``tests.test_*``, which in a child process would resolve to the ``tests``
 package the mmseg wheel installs.  Each worker saves its results to
 ``out_dir/rank{r}.pt``; the test compares them with one process.
+:func:`spawn` starts workers (of this or another worker module) with a deadline.
 """
 import datetime
 import os
+import time
 
+import pytest
 import torch
 import torch.distributed as dist
+from torch import multiprocessing as mp
 from torch import nn
 
 C = 3
+
+
+def spawn(fn, tmp_path, *args, nprocs: int = 2, deadline: float = 180) -> list:
+    """Run ``fn(rank, str(tmp_path), *args)`` in ``nprocs`` processes; their ``rank{r}.pt`` results.
+
+    Fails (never hangs) if the workers are not done within ``deadline`` seconds;
+    a worker that raises fails the test with its traceback.
+    """
+    context = mp.start_processes(fn, args=(str(tmp_path), *args), nprocs=nprocs, join=False,
+                                 start_method='spawn')
+    start = time.monotonic()
+    while not context.join(timeout=1):  # raises if a worker failed
+        if time.monotonic() - start > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f'{fn.__name__}: workers still running after {deadline} s')
+    return [torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(nprocs)]
 
 
 def make_state(seed: int = 0) -> dict:
@@ -93,8 +114,7 @@ def equivalence_worker(rank: int, out_dir: str, splits: list) -> None:
     sizes = [(2, C, 4, 4), (3, C, 2, 5)]
     xs = [torch.randn(s, generator=gen) * 3 + 1 for s in sizes]
     bn_only = build_layer(True, True, state)
-    bn_only.mean_choice.fill_(2)
-    bn_only.var_choice.fill_(2)
+    bn_only.latch('bn', 'bn')
     results['bn_only'] = bn_only.train()(xs[rank]).detach()
     results['bn_only_running_var'] = bn_only.running_var.clone()
     # The closed-form backward of the global moments, in float64 against finite

@@ -59,17 +59,50 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
+from ssn_plugins.engine.hooks import sparse_switch_norms
+
+# (mean_weight, var_weight) logits, order IN, LN, BN, given to the SSN layers in
+# turn: a lead of 1 makes SparsestMax one-hot at radius 0, a small one only at
+# radius sqrt(2/3) ~ 0.82.  So layers latch the mean first, the variance first,
+# both at once, or both late, as a fine-tuned (pretrained SSN) model does.
+LOGITS = [([2.0, 0.0, 0.0], [0.10, 0.00, 0.05]), ([0.00, 0.05, 0.10], [0.0, 0.0, 2.0]),
+          ([0.0, 2.0, 0.0], [0.0, 2.0, 0.0]), ([0.05, 0.10, 0.00], [0.10, 0.05, 0.00])]
+
+
+@HOOKS.register_module()
+class VariedLogitsHook(Hook):
+    """Give the SSN layers the initial logits above, the same on every rank."""
+
+    def before_train(self, runner):
+        for i, layer in enumerate(sparse_switch_norms(runner.model)):
+            mean, var = LOGITS[i % len(LOGITS)]
+            with torch.no_grad():
+                layer.mean_weight.copy_(torch.tensor(mean))
+                layer.var_weight.copy_(torch.tensor(var))
+
 
 @HOOKS.register_module()
 class RankStateDumpHook(Hook):
-    """Every rank saves its own weights and buffers (checkpoints come from rank 0 only)."""
+    """Every rank records its choices after each iteration and saves its final state
+    (checkpoints come from rank 0 only)."""
+
+    def before_train(self, runner):
+        self.history = []
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.history.append([[int(layer.mean_choice), int(layer.var_choice)]
+                             for layer in sparse_switch_norms(runner.model)])
 
     def after_run(self, runner):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        torch.save(state, os.path.join(runner.work_dir, f'rank{get_rank()}_state.pth'))
+        torch.save(dict(state=state, history=torch.tensor(self.history)),
+                   os.path.join(runner.work_dir, f'rank{get_rank()}_state.pth'))
 '''
 
+# 12 iterations with the default schedule (radius = iteration / 12): the late
+# layers latch at iteration 10 (radius 0.83), and iteration 11 runs fully latched.
+ITERS = 12
 _CONFIG = '''
 _base_ = {base!r}
 custom_imports = dict(imports=['ssn_plugins', 'rank_dump'], allow_failed_imports=False)
@@ -82,11 +115,12 @@ val_evaluator = None
 test_dataloader = None
 test_cfg = None
 test_evaluator = None
-train_cfg = dict(max_iters=3)
+train_cfg = dict(max_iters={iters})
 default_hooks = dict(logger=dict(interval=1))
-# The radius reaches 1 at iteration 1: every layer latches, the last iteration
-# runs latched under DDP without find_unused_parameters.
-custom_hooks = [dict(type='SSNRadiusHook', end=1), dict(type='RankStateDumpHook')]
+# The released radius schedule (0 to 1 over the run), under DDP without
+# find_unused_parameters while the layers latch.
+custom_hooks = [dict(type='SSNRadiusHook'), dict(type='VariedLogitsHook'),
+                dict(type='RankStateDumpHook')]
 '''
 
 
@@ -97,7 +131,9 @@ def _free_port() -> int:
 
 
 def test_dist_train_two_cpu_processes_end_identical(tmp_path):
-    """tools/dist_train.sh CONFIG 2 on CPUs: both ranks end with the same weights, stats and choices."""
+    """tools/dist_train.sh CONFIG 2 on CPUs with the normal radius schedule: layers latch at
+    different iterations (mean first, variance first, both) under DDP without
+    find_unused_parameters, and both ranks end with the same weights, stats and choices."""
     from ssn_plugins.demo import make_demo_dataset
     data = tmp_path / 'data'
     make_demo_dataset(str(data), num_train=8, num_val=1, size=64)
@@ -105,22 +141,39 @@ def test_dist_train_two_cpu_processes_end_identical(tmp_path):
     config = tmp_path / 'syncssn_demo.py'
     config.write_text(_CONFIG.format(
         base=osp.join(ROOT, 'configs', 'demo', 'mask-rcnn_r18-syncssn_fpn_demo.py'),
-        data=str(data) + '/'))
+        data=str(data) + '/', iters=ITERS))
     env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()), OMP_NUM_THREADS='1',
                PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT, os.environ.get('PYTHONPATH', '')]))
     work_dir = tmp_path / 'work'
     proc = subprocess.run(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), str(config), '2',
                            '--work-dir', str(work_dir)],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
-    assert 'Distributed training: True' in log and 'Iter(train) [3/3]' in log
+    errors = [line for line in log.splitlines() if 'Error: ' in line][:4]  # torchrun's tail hides them
+    assert proc.returncode == 0, '\n'.join(errors) + '\n' + proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'Distributed training: True' in log and f'Iter(train) [{ITERS}/{ITERS}]' in log
     rank0, rank1 = (torch.load(work_dir / f'rank{r}_state.pth', weights_only=True) for r in (0, 1))
-    assert rank0.keys() == rank1.keys()
-    choices = [k for k in rank0 if k.endswith(('.mean_choice', '.var_choice'))]
-    assert len(choices) > 20 and all(int(rank0[k]) >= 0 for k in choices)  # all latched
-    for key in rank0:  # weights, running statistics (not broadcast: synced) and choices
-        torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0, msg=key)
+
+    history = rank0['history']  # (iterations, layers, mean/var), -1 while free
+    assert history.shape[0] == ITERS and history.shape[1] > 20
+    assert torch.equal(rank1['history'], history)
+    latched = history >= 0
+    assert bool(latched[-1].all())
+    # a latched choice stays latched and never changes
+    assert bool((latched[1:] >= latched[:-1]).all())
+    assert bool((history[latched] == history[-1].expand_as(history)[latched]).all())
+    first = (~latched).sum(0)  # iteration at which each choice latched, (layers, 2)
+    mean_at, var_at = first[:, 0], first[:, 1]
+    assert bool((mean_at < var_at).any()) and bool((var_at < mean_at).any())  # half-latched layers
+    assert bool((mean_at == var_at).any())
+    assert 0 < int(first.max()) < ITERS - 1  # the last ones latch mid-run, not at the start or end
+
+    state0, state1 = rank0['state'], rank1['state']
+    assert state0.keys() == state1.keys()
+    choices = [k for k in state0 if k.endswith(('.mean_choice', '.var_choice'))]
+    assert len(choices) > 20 and all(int(state0[k]) >= 0 for k in choices)  # all latched
+    for key in state0:  # weights, running statistics (not broadcast: synced) and choices
+        torch.testing.assert_close(state1[key], state0[key], rtol=0, atol=0, msg=key)
 
 
 def test_slurm_train_passes_the_job_to_srun(tmp_path):

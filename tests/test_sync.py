@@ -1,13 +1,11 @@
 """SyncSN/SyncSSN: 2 real processes (gloo, CPU) against one process, conversion, registry."""
-import time
-
 import pytest
 import torch
 from mmcv.cnn import build_norm_layer
 from mmengine.logging import MMLogger
 from mmengine.registry import MODELS
-from sync_workers import build_layer, ddp_latch_worker, equivalence_worker, make_state, run_layer
-from torch import multiprocessing as mp
+from sync_workers import (build_layer, ddp_latch_worker, equivalence_worker, make_state, run_layer,
+                          spawn)
 from torch import nn
 
 import ssn_plugins
@@ -19,23 +17,10 @@ from ssn_plugins.norm import sync as sync_module
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-def _spawn(fn, tmp_path, *args, nprocs=2, deadline=180):
-    """Run ``fn`` in ``nprocs`` processes; fail (never hang) if they are not done in ``deadline`` s."""
-    context = mp.start_processes(fn, args=(str(tmp_path), *args), nprocs=nprocs, join=False,
-                                 start_method='spawn')
-    start = time.monotonic()
-    while not context.join(timeout=1):  # raises if a worker failed
-        if time.monotonic() - start > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f'{fn.__name__}: workers still running after {deadline} s')
-    return [torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(nprocs)]
-
-
 @pytest.fixture(scope='module', params=[[2, 2], [1, 3]], ids=['2+2', '1+3'])
 def two_process_results(request, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp('sync')
-    return request.param, _spawn(equivalence_worker, tmp_path, request.param)
+    return request.param, spawn(equivalence_worker, tmp_path, request.param)
 
 
 @pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
@@ -84,7 +69,7 @@ def test_global_moments_backward_passes_gradcheck(two_process_results):
 
 def test_ddp_after_latching_keeps_ranks_identical(tmp_path):
     """MMDistributedDataParallel without find_unused_parameters trains on after the layer latches."""
-    rank0, rank1 = _spawn(ddp_latch_worker, tmp_path)
+    rank0, rank1 = spawn(ddp_latch_worker, tmp_path)
     assert int(rank0['norm.mean_choice']) >= 0 and int(rank0['norm.var_choice']) >= 0
     assert rank0.keys() == rank1.keys()
     for key in rank0:
@@ -103,6 +88,16 @@ def test_without_process_group_equals_plain_layer_and_logs_once(sparse, tmp_path
     for key in plain:
         torch.testing.assert_close(synced[key], plain[key], rtol=0, atol=0, msg=key)
     assert log_file.read_text().count('no initialised process group') == 1
+
+
+def test_batch_pool_is_global_only_with_several_processes(monkeypatch):
+    group = object()  # stands for a ProcessGroup; the pool is only built here, never called
+    layer = SyncSparseSwitchNorm(4)
+    layer.process_group = group
+    assert layer._batch_pool() is None  # one process: the plain layer's fused path
+    monkeypatch.setattr(sync_module._SyncMixin, '_world_size', lambda self: 2)
+    pool = layer._batch_pool()
+    assert pool.func is sync_module.global_batch_moments and pool.keywords == dict(group=group)
 
 
 def _model():

@@ -15,14 +15,18 @@ key, so nothing is silently dropped.  The tools add the hook to every config
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.logging import HistoryBuffer
+from mmengine.logging import HistoryBuffer, print_log
 from mmengine.registry import HOOKS
 
 __all__ = ['SafeCheckpointHook', 'encode_checkpoint', 'decode_checkpoint', 'add_safe_checkpoint_hook']
@@ -112,6 +116,54 @@ def decode_checkpoint(checkpoint: dict) -> None:
 _RNG_KEY = 'ssn_plugins_torch_rng'
 
 
+def _torch_rng_state() -> dict:
+    """This process's torch random state: CPU, and every CUDA device once CUDA is in use."""
+    state = {'cpu': torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_torch_rng_state(state: dict) -> None:
+    torch.set_rng_state(state['cpu'])
+    if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _rank_and_world_size() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gathering_rng_states(save_checkpoint: Callable) -> Callable:
+    """Wrap ``Runner.save_checkpoint`` to first collect every rank's torch random state.
+
+    mmengine calls ``save_checkpoint`` on every rank (it is ``master_only``) but
+    ``before_save_checkpoint`` only on rank 0, so the collective runs here, on
+    every rank; the states reach the hook in the ``meta`` argument, which the
+    Runner keeps in the checkpoint.
+    """
+    signature = inspect.signature(save_checkpoint)
+
+    @functools.wraps(save_checkpoint)
+    def wrapper(*args, **kwargs):
+        _, world_size = _rank_and_world_size()
+        if world_size > 1:
+            bound = signature.bind(*args, **kwargs)
+            states = [None] * world_size
+            dist.all_gather_object(states, _torch_rng_state())
+            meta = bound.arguments.get('meta')
+            if meta is None or isinstance(meta, dict):  # anything else: the Runner's TypeError
+                bound.arguments['meta'] = {**(meta or {}), _RNG_KEY: {'ranks': states}}
+            args, kwargs = bound.args, bound.kwargs
+        return save_checkpoint(*args, **kwargs)
+
+    wrapper.gathers_rng_states = True
+    return wrapper
+
+
 @HOOKS.register_module()
 class SafeCheckpointHook(Hook):
     """Write Runner checkpoints that ``torch.load(weights_only=True)`` reads.
@@ -121,8 +173,16 @@ class SafeCheckpointHook(Hook):
     the seed, so a resumed Mask R-CNN would otherwise draw other RPN/RoI
     samples than the uninterrupted run. The data pipeline's numpy/random draws
     need nothing as long as the model draws only from torch: the resumed loop
-    replays the skipped batches. Only rank 0 writes checkpoints, so in
-    multi-process runs every rank resumes with rank 0's torch state.
+    replays the skipped batches.
+
+    In a multi-process run every rank's state is gathered to rank 0, which
+    writes the checkpoint (``meta['ssn_plugins_torch_rng']['ranks']``), and
+    each rank resumes with its own. The gathering wraps
+    ``runner.save_checkpoint``, which mmengine calls on every rank; code that
+    calls it on rank 0 alone would wait for the others until the timeout. A resume with another number of processes
+    cannot be exact: it logs a warning and every rank takes rank 0's state.
+    Rank 0's state also stays at the top level, where single-process
+    checkpoints (and those of earlier versions) keep their only one.
 
     Lowest priority: it encodes after every other hook has added its entries.
     """
@@ -132,12 +192,19 @@ class SafeCheckpointHook(Hook):
     def __init__(self) -> None:
         self._rng_to_restore = None
 
+    def before_run(self, runner) -> None:
+        if _rank_and_world_size()[1] > 1 and not getattr(runner.save_checkpoint,
+                                                          'gathers_rng_states', False):
+            runner.save_checkpoint = _gathering_rng_states(runner.save_checkpoint)
+
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         meta = checkpoint.setdefault('meta', {})
+        gathered = meta.pop(_RNG_KEY, None) or {}
+        states = gathered.get('ranks') or [_torch_rng_state()]
         # the iteration a resumed run starts at (mmengine's own meta['iter'])
-        rng = {'iter': meta.get('iter', runner.iter), 'cpu': torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            rng['cuda'] = torch.cuda.get_rng_state_all()
+        rng = {'iter': meta.get('iter', runner.iter), **states[0]}
+        if len(states) > 1:
+            rng['ranks'] = states
         meta[_RNG_KEY] = rng
         encode_checkpoint(checkpoint)
 
@@ -149,9 +216,15 @@ class SafeCheckpointHook(Hook):
         rng, self._rng_to_restore = self._rng_to_restore, None
         if rng is None or rng['iter'] != runner.iter:
             return  # not a resume at the saved iteration (e.g. load_from for fine-tuning)
-        torch.set_rng_state(rng['cpu'])
-        if 'cuda' in rng and torch.cuda.is_available() and len(rng['cuda']) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(rng['cuda'])
+        states = rng.get('ranks') or [rng]
+        rank, world_size = _rank_and_world_size()
+        if len(states) != world_size:
+            print_log(f'The checkpoint holds the torch random state of {len(states)} process(es) '
+                      f'and this run has {world_size}: every process resumes with the state of '
+                      'rank 0, so random draws (RPN/RoI sampling, dropout) will differ from an '
+                      'uninterrupted run.', logger='current', level=logging.WARNING)
+            rank = 0
+        _set_torch_rng_state(states[rank])
 
 
 def add_safe_checkpoint_hook(cfg: Config) -> Config:
