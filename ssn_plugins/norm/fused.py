@@ -46,13 +46,13 @@ class _FusedSwitchNorm(torch.autograd.Function):
         batch = training and 'bn' in normalizers
         bn = None
         if batch:
-            bn_mean, bn_var, count = local_batch_moments(mean, var, rows.shape[-1])
+            bn_mean, bn_var, count = local_batch_moments(mean, var, rows.shape[-1], differentiable=False)
             bn = (bn_mean, bn_var)
             if running_mean is not None:
                 update_running_stats(bn_mean, bn_var, count, running_mean, running_var, factor)
         elif 'bn' in normalizers:
             bn = (running_mean.to(acc).view(1, c), running_var.to(acc).view(1, c))
-        branches = branch_moments(mean, var, normalizers, bn)  # (2, K, N*C)
+        branches = branch_moments(mean, var, normalizers, bn, differentiable=False)  # (2, K, N*C)
         mixed = torch.bmm(ratios.to(acc).unsqueeze(1), branches).view(2, n * c)
         row_weight = None if weight is None else weight.to(acc).repeat(n)
         row_bias = None if bias is None else bias.to(acc).repeat(n)
