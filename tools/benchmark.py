@@ -1,7 +1,9 @@
-"""SN/SSN against BatchNorm on this machine: layer train time and memory, network latency.
+"""SN/SSN against BatchNorm on this machine: layer train time and memory, host reads,
+kernels and graph breaks per layer, torch.compile'd layers, network latency.
 
     python tools/benchmark.py --out outputs/benchmark.json [--threads 2] [--repeats 10]
         [--skip-networks] [--train-iteration] [--latched bn in ln in-bn]
+        [--skip-counts] [--compile [--compile-backend inductor]]
 
 Prints markdown tables (ratios are medians over the ResNet-50 norm shapes at
 batch 2 and 8) and writes every measurement as JSON.
@@ -18,6 +20,12 @@ MMDET_CONFIG = 'configs/mmdet/mask-rcnn_r50-ssn_fpn_1x_coco.py'
 MMSEG_CONFIG = 'configs/mmseg/pspnet_r50-ssn-d8_4xb4-80k_ade20k-512x512.py'
 
 
+def _shape(text: str) -> tuple[int, int]:
+    """'256x14' -> (256, 14)."""
+    c, h = (int(v) for v in text.split('x'))
+    return c, h
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Benchmark SN/SSN against BatchNorm')
     parser.add_argument('--out', default='outputs/benchmark.json', help='JSON file to write')
@@ -28,9 +36,17 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=int, default=10, help='timed calls per layer candidate')
     parser.add_argument('--shapes', nargs='+', default=None,
                         help='CxH norm input shapes (default: the distinct ones of ResNet-50)')
-    parser.add_argument('--latched', nargs='+', default=['bn'],
+    parser.add_argument('--latched', nargs='+', default=['bn', 'in-bn'],
                         help="latched SSN choices to time: 'bn', 'in', 'ln' or 'MEAN-VAR' (e.g. in-bn)")
     parser.add_argument('--skip-layers', action='store_true')
+    parser.add_argument('--skip-counts', action='store_true',
+                        help='no host-read, kernel and graph-break counts')
+    parser.add_argument('--count-batch', type=int, default=2, help='batch of the counted step')
+    parser.add_argument('--count-shape', default='256x14', help='CxH of the counted step')
+    parser.add_argument('--compile', action='store_true',
+                        help="also time torch.compile'd layers against eager and compiled BN2d "
+                             '(inductor: about 9 min on 2 cores for the default shapes)')
+    parser.add_argument('--compile-backend', default='inductor', help='torch.compile backend')
     parser.add_argument('--skip-networks', action='store_true')
     parser.add_argument('--net-size', type=int, default=256, help='square input of the networks')
     parser.add_argument('--net-repeats', type=int, default=3)
@@ -47,11 +63,18 @@ def main(argv=None):
     result = dict(device='cpu', threads=args.threads, clock=args.clock,
                   torch=torch.__version__,
                   memory_measure='bytes saved by autograd for backward (saved_tensors_hooks)')
+    shapes = benchmark.RESNET50_NORM_SHAPES if args.shapes is None else [
+        _shape(shape) for shape in args.shapes]
     if not args.skip_layers:
-        shapes = benchmark.RESNET50_NORM_SHAPES if args.shapes is None else [
-            tuple(int(v) for v in shape.split('x')) for shape in args.shapes]
         result['layers'] = benchmark.layer_benchmark(args.batches, shapes, args.repeats,
                                                      args.latched, print, args.clock)
+    if not args.skip_counts:
+        result['counts'] = benchmark.count_benchmark(args.count_batch, _shape(args.count_shape),
+                                                     args.latched)
+    if args.compile:
+        result['compiled'] = benchmark.compile_benchmark(args.batches, shapes, args.repeats,
+                                                         args.latched, args.compile_backend,
+                                                         print, args.clock)
     if not args.skip_networks:
         result['networks'] = [
             benchmark.network_benchmark(config, scope, args.net_size, args.net_repeats,

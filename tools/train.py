@@ -1,6 +1,7 @@
 """Train an mmdet or mmseg config (SN/SSN or not) with mmengine's Runner.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+                         [--compile] [--compile-backend NAME]
                          [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 """
 import argparse
@@ -15,6 +16,10 @@ def parse_args(argv=None):
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument('--amp', action='store_true', help='mixed precision training (needs CUDA)')
+    parser.add_argument('--compile', action='store_true',
+                        help="torch.compile the train step (mmengine's compile=True)")
+    parser.add_argument('--compile-backend', default=None,
+                        help='torch.compile backend (implies --compile), e.g. aot_eager')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from CKPT, or from the latest checkpoint in the work dir '
                              'when no path is given')
@@ -31,6 +36,8 @@ def main(argv=None):
     cfg = launch.load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     if args.amp:
         launch.enable_amp(cfg)
+    if args.compile or args.compile_backend:
+        launch.enable_compile(cfg, args.compile_backend)
     launch.set_resume(cfg, args.resume)
     launch.train(cfg)
 

@@ -1,4 +1,5 @@
 from .checkpoint_io import SafeCheckpointHook
+from .compile import PlainParamGroupsHook
 from .distributed import CPUDistributedDataParallel, setup_cpu_distributed
 from .hooks import SSNRadiusHook, SwitchNormEvalHook, apply_norm_eval, radius_at
 from .logit_clip import SSNLogitClipHook, switch_norm_logits
@@ -6,4 +7,4 @@ from .monitor import SwitchNormMonitorHook
 
 __all__ = ['SSNRadiusHook', 'SwitchNormEvalHook', 'apply_norm_eval', 'radius_at',
            'SafeCheckpointHook', 'SwitchNormMonitorHook', 'SSNLogitClipHook', 'switch_norm_logits',
-           'CPUDistributedDataParallel', 'setup_cpu_distributed']
+           'CPUDistributedDataParallel', 'setup_cpu_distributed', 'PlainParamGroupsHook']

@@ -21,10 +21,11 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from .checkpoint_io import add_safe_checkpoint_hook
+from .compile import add_compile_hooks
 from .distributed import setup_cpu_distributed
 
-__all__ = ['TOOLKITS', 'toolkit_of', 'load_config', 'enable_amp', 'set_resume', 'build_runner',
-           'train', 'test']
+__all__ = ['TOOLKITS', 'toolkit_of', 'load_config', 'enable_amp', 'enable_compile', 'set_resume',
+           'build_runner', 'train', 'test']
 
 TOOLKITS = ('mmdet', 'mmseg')
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
@@ -78,6 +79,21 @@ def enable_amp(cfg: Config) -> Config:
     return cfg
 
 
+def enable_compile(cfg: Config, backend: Optional[str] = None) -> Config:
+    """Switch on mmengine's ``compile``: ``torch.compile`` of the model's ``train_step``.
+
+    ``backend=None`` is ``compile=True`` (torch's default, inductor); a name
+    gives ``compile=dict(backend=name)`` (e.g. ``'aot_eager'``: no code
+    generation, quick to start).  mmengine 0.10.7 compiles the whole
+    ``train_step`` (data preprocessing, loss, backward, optimizer step), so
+    dynamo breaks the graph at the backward and wherever mmdet/mmseg code
+    needs the host; validation and test stay eager.  :func:`build_runner`
+    adds the hook that lets dynamo trace the optimizer step.
+    """
+    cfg.compile = True if backend is None else dict(backend=backend)
+    return cfg
+
+
 def set_resume(cfg: Config, resume: Optional[str]) -> Config:
     """``resume=None``: no resume; ``'auto'``: the work dir's last checkpoint; else that file."""
     if resume is None:
@@ -92,8 +108,12 @@ def set_resume(cfg: Config, resume: Optional[str]) -> Config:
 
 
 def build_runner(cfg: Config) -> Runner:
-    """``Runner.from_cfg``, or the registered ``runner_type`` when the config names one."""
+    """``Runner.from_cfg``, or the registered ``runner_type`` when the config names one.
+
+    With ``compile`` on, adds :class:`~ssn_plugins.engine.compile.PlainParamGroupsHook`.
+    """
     setup_cpu_distributed(cfg)  # torchrun on CPUs: gloo, DDP without device ids
+    add_compile_hooks(cfg)
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
