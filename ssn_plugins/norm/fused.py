@@ -61,7 +61,7 @@ class _FusedSwitchNorm(torch.autograd.Function):
         # The running buffers only for an eval double backward: training updates them in place.
         running = (None, None) if batch else (running_mean, running_var)
         ctx.save_for_backward(x, ratios, weight, bias, *running, mean, mixed, branches)
-        ctx.options = (tuple(normalizers), training, factor, eps)
+        ctx.options = (tuple(normalizers), training, eps)  # no tensors on ctx
         return y.to(x.dtype)  # (1, N*C, L); reshaped outside the Function
 
     @staticmethod
@@ -69,7 +69,7 @@ class _FusedSwitchNorm(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the composite path
             return _double_differentiable_backward(ctx, grad_y)
         x, ratios, weight, bias, _, _, mean, mixed, branches = ctx.saved_tensors
-        normalizers, training, _, eps = ctx.options
+        normalizers, training, eps = ctx.options
         need_x, need_ratios, need_w, need_b = ctx.needs_input_grad[:4]
         acc = mixed.dtype
         n, c = mean.shape
@@ -139,11 +139,11 @@ def _inv_lengths(length: int, like: Tensor) -> Tensor:
 def _double_differentiable_backward(ctx, grad_y: Tensor):
     """Backward for ``create_graph=True``: recompute on autograd and differentiate that."""
     x, ratios, weight, bias, running_mean, running_var, _, _, _ = ctx.saved_tensors
-    normalizers, training, factor, eps = ctx.options
+    normalizers, training, eps = ctx.options
     inputs = (x, ratios, weight, bias)
     wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:4]) if need]
     y = composite_switch_norm(x, ratios, normalizers, running_mean, running_var, weight, bias,
-                              training, factor, eps, update_stats=False)
+                              training, 0.0, eps, update_stats=False)
     grads = iter(torch.autograd.grad(y, wanted, grad_y.view(x.shape), create_graph=True,
                                      allow_unused=True))
     out = [next(grads) if need else None for need in ctx.needs_input_grad[:4]]
