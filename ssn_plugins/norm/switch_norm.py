@@ -351,15 +351,7 @@ class SwitchNorm1d(SwitchNormBase):
         - Input: (N, C) or (N, C, L)
         - Output: same shape as the input
 
-    Args:
-        num_features: C, the number of channels.
-        eps: added to the variance for stability.
-        momentum: ``running = (1 - momentum) * running + momentum * batch``
-            (PyTorch convention; the released code's 0.997 is 0.003 here);
-            ``None`` for a cumulative average, as in BatchNorm.
-        affine: learn a per-channel ``weight`` and ``bias``.
-        normalizers: which of ``('in', 'ln', 'bn')`` take part, e.g.
-            ``('in', 'ln')`` for one sample per GPU (no running statistics).
+    Args: as :class:`SwitchNorm2d`.
     """
 
     _input_ranks = (2, 3)
