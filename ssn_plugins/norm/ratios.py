@@ -10,7 +10,7 @@ from torch import Tensor
 from ..ops.constants import cached_constant
 from ..ops.sparsestmax import SPARSESTMAX_MODES, sparsestmax_unchecked
 
-__all__ = ['switch_ratios', 'latched_choices']
+__all__ = ['switch_ratios', 'latched_choices', 'one_hot_ratios']
 
 
 def switch_ratios(logits: Tensor,
@@ -47,6 +47,11 @@ def switch_ratios(logits: Tensor,
     torch._assert_async(ratios.sum() > 0.5 * ratios[..., 0].numel(),
                         f'{name}: mean_weight/var_weight hold NaN or inf; the ratios need finite logits')
     return ratios
+
+
+def one_hot_ratios(choices: Tensor, k: int) -> Tensor:
+    """(..., 2, K) float32 one-hot ratios of latched (..., 2) choices."""
+    return (choices.unsqueeze(-1) == _arange(k, choices.device)).float()
 
 
 def latched_choices(ratios: Tensor) -> Tensor:

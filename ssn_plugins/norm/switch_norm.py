@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..ops.sparsestmax import SPARSESTMAX_MODES
 from .functional import keep_in_graph, latched_norm, switch_norm
 from .moments import NORMALIZERS, BatchPool
-from .ratios import latched_choices, switch_ratios
+from .ratios import latched_choices, one_hot_ratios, switch_ratios
 
 __all__ = [
     'SwitchNormBase', 'SparseSwitchNormBase', 'SwitchNorm1d', 'SwitchNorm2d', 'SwitchNorm3d',
@@ -186,8 +186,7 @@ class SwitchNormBase(nn.Module):
                            path='fused' if batch_pool is None else 'composite', batch_pool=batch_pool)
 
     def _one_hot_ratios(self) -> Tensor:
-        choices = self._device_choices().unsqueeze(-1)  # (2, 1)
-        return (choices == torch.arange(len(self.normalizers), device=choices.device)).float()
+        return one_hot_ratios(self._device_choices(), len(self.normalizers))
 
     def _record_latching(self, ratios: Tensor) -> None:
         pass
