@@ -1,13 +1,22 @@
-"""The synthetic shapes data set: seeded, COCO-valid, and the two layouts agree."""
+"""The synthetic shapes data set: seeded, COCO-valid, the layouts agree, never half-written."""
+import importlib.util
 import json
+import os
 import os.path as osp
+import resource
 
 import cv2
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from ssn_plugins.demo import DEMO_CLASSES, make_demo_dataset
+from ssn_plugins.demo import DEMO_CLASSES, make_demo_dataset, shapes
+from ssn_plugins.demo.shapes import cls_size
+
+_spec = importlib.util.spec_from_file_location(
+    'make_demo_data', osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools', 'make_demo_data.py'))
+make_demo_data = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_demo_data)
 
 
 @pytest.fixture(scope='module')
@@ -73,3 +82,87 @@ def test_bad_arguments(tmp_path, kwargs):
     args.update(kwargs)
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         make_demo_dataset(str(tmp_path), **args)
+
+
+def test_classification_split(demo_root):
+    """cls/{split}.txt lists one crop per COCO instance, in the folder of its class, labelled in DEMO_CLASSES order."""
+    for split in ('train', 'val'):
+        coco = json.load(open(osp.join(demo_root, 'annotations', f'instances_{split}.json')))
+        lines = open(osp.join(demo_root, 'cls', f'{split}.txt')).read().splitlines()
+        assert len(lines) == len(coco['annotations'])
+        listed = set()
+        for line, ann in zip(lines, coco['annotations']):
+            rel, label = line.split()
+            assert int(label) == ann['category_id'] - 1
+            assert rel.split('/')[0] == DEMO_CLASSES[int(label)]
+            crop = cv2.imread(osp.join(demo_root, 'cls', split, rel))
+            assert crop.shape == (cls_size(64), cls_size(64), 3)
+            listed.add(rel)
+        on_disk = {f'{c}/{f}' for c in DEMO_CLASSES for f in os.listdir(osp.join(demo_root, 'cls', split, c))}
+        assert on_disk == listed  # folder-per-class readers see exactly the listed crops
+
+
+def _files(root):
+    return sorted(osp.relpath(osp.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_failed_image_write_is_an_error_and_the_set_is_not_marked_complete(tmp_path, monkeypatch):
+    root = str(tmp_path / 'data')
+    real, calls = cv2.imencode, []
+
+    def failing(ext, img, *args):
+        calls.append(ext)
+        return (False, None) if len(calls) == 3 else real(ext, img, *args)
+
+    monkeypatch.setattr(shapes.cv2, 'imencode', failing)
+    with pytest.raises(OSError, match='could not encode .*png'):
+        make_demo_dataset(root, num_train=3, num_val=1, size=64, seed=0)
+    assert json.load(open(osp.join(root, 'meta.json')))['complete'] is False
+    monkeypatch.setattr(shapes.cv2, 'imencode', real)
+    # an unfinished set is ours: the next call writes it again, whole
+    make_demo_dataset(root, num_train=3, num_val=1, size=64, seed=0)
+    assert json.load(open(osp.join(root, 'meta.json')))['complete'] is True
+    assert len(os.listdir(osp.join(root, 'images', 'train'))) == 3
+
+
+def test_full_disk_is_an_error_not_a_truncated_set(tmp_path):
+    """A real write failure (file-size limit, as a full disk): the CLI exits naming the file."""
+    root = str(tmp_path / 'data')
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # meta.json fits, a 64x64 noisy PNG does not
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            make_demo_data.main([root, '--num-train', '2', '--num-val', '1', '--size', '64'])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    message = str(exit_info.value.code)
+    assert message.startswith('make_demo_data: demo data: could not write') and '000000.png' in message
+    assert json.load(open(osp.join(root, 'meta.json')))['complete'] is False
+    assert not [f for f in _files(root) if '.tmp' in f]  # no temporary file left behind
+
+
+def test_overwrite_removes_the_old_set(tmp_path):
+    root = str(tmp_path / 'data')
+    make_demo_dataset(root, num_train=5, num_val=2, size=64, seed=0)
+    (tmp_path / 'data' / 'notes.txt').write_text('mine')  # not part of the set: kept
+    make_demo_dataset(root, num_train=2, num_val=1, size=64, seed=1, overwrite=True)
+    assert sorted(os.listdir(osp.join(root, 'images', 'train'))) == ['000000.png', '000001.png']
+    assert os.listdir(osp.join(root, 'images', 'val')) == ['000002.png']
+    assert sorted(os.listdir(osp.join(root, 'masks', 'train'))) == ['000000.png', '000001.png']
+    lines = open(osp.join(root, 'cls', 'train.txt')).read().splitlines()
+    crops = [f for f in _files(osp.join(root, 'cls', 'train'))]
+    assert sorted(crops) == sorted(line.split()[0] for line in lines)
+    assert (tmp_path / 'data' / 'notes.txt').read_text() == 'mine'
+
+
+@pytest.mark.parametrize('overwrite', [False, True])
+def test_a_folder_that_is_not_a_demo_set_is_refused(tmp_path, overwrite):
+    root = tmp_path / 'photos'
+    root.mkdir()
+    (root / 'holiday.png').write_bytes(b'not ours')
+    with pytest.raises(ValueError, match='not empty and holds no demo data set'):
+        make_demo_dataset(str(root), num_train=2, num_val=1, size=64, overwrite=overwrite)
+    assert _files(str(root)) == ['holiday.png']
+    # an empty folder is fine
+    (tmp_path / 'empty').mkdir()
+    make_demo_dataset(str(tmp_path / 'empty'), num_train=1, num_val=1, size=64)

@@ -1,8 +1,13 @@
-"""Write the synthetic shapes data set of the demo (COCO json + label maps).
+"""Write the synthetic shapes data set of the demo (COCO json, label maps, classification crops).
 
     python tools/make_demo_data.py data/ssn_demo [--num-train 300] [--num-val 50] [--size 128]
+                                   [--seed 0] [--overwrite]
+
+ROOT must be new, empty or an earlier demo set (ROOT/meta.json); --overwrite
+replaces an earlier set made with other arguments, removing its files.
 """
 import argparse
+import sys
 
 from ssn_plugins.demo import make_demo_dataset
 
@@ -14,12 +19,17 @@ def main(argv=None):
     parser.add_argument('--num-val', type=int, default=50)
     parser.add_argument('--size', type=int, default=128, help='image side in pixels')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--overwrite', action='store_true')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an earlier demo set made with other arguments')
     args = parser.parse_args(argv)
-    out = make_demo_dataset(args.root, args.num_train, args.num_val, args.size, args.seed,
-                            overwrite=args.overwrite)
+    try:
+        out = make_demo_dataset(args.root, args.num_train, args.num_val, args.size, args.seed,
+                                overwrite=args.overwrite)
+    except (ValueError, OSError) as err:
+        sys.exit(f'make_demo_data: {err}')
     print(f"{args.root}: {len(out['train']['images'])} train / {len(out['val']['images'])} val "
-          f"images, {len(out['train']['annotations'])} train instances")
+          f"images, {len(out['train']['annotations'])} train instances "
+          f"(also {args.root}/cls/{{train,val}} for classification)")
 
 
 if __name__ == '__main__':

@@ -6,13 +6,19 @@ textured background.  One call writes both layouts the host toolkits read:
 - detection / instance segmentation: COCO ``instances_{split}.json`` with
   polygon masks (mmdet's ``CocoDataset``);
 - semantic segmentation: a ``uint8`` label map per image, 0 = background and
-  ``i + 1`` = ``DEMO_CLASSES[i]`` (mmseg's ``BaseSegDataset``).
+  ``i + 1`` = ``DEMO_CLASSES[i]`` (mmseg's ``BaseSegDataset``);
+- classification: a square crop around every shape, in a folder per class
+  plus a ``path label`` list with label ``i`` = ``DEMO_CLASSES[i]``
+  (mmpretrain's ``CustomDataset``, with or without the list).
 
 Layout under ``root``::
 
     images/{train,val}/000000.png
     annotations/instances_{train,val}.json
     masks/{train,val}/000000.png
+    cls/{train,val}/{square,circle,triangle}/000000_0001.png
+    cls/{train,val}.txt
+    meta.json
 """
 from __future__ import annotations
 
@@ -20,15 +26,21 @@ import json
 import math
 import os
 import os.path as osp
+import shutil
 from typing import Optional
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-__all__ = ['DEMO_CLASSES', 'make_demo_dataset', 'make_split']
+__all__ = ['DEMO_CLASSES', 'make_demo_dataset', 'make_split', 'cls_size']
 
 DEMO_CLASSES = ('square', 'circle', 'triangle')
+# what a demo set consists of under its root; removed whole by overwrite
+_LAYOUT = ('images', 'masks', 'annotations', 'cls')
+_META = 'meta.json'
+# 2: classification crops (cls/); sets without it are remade with overwrite
+LAYOUT_VERSION = 2
 _MAX_SHAPES = 4
 
 
@@ -79,20 +91,62 @@ def _render(rng: np.random.Generator, size: int):
     return img, label, shapes
 
 
+def _write_file(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole: a temporary file in the same folder, then a rename."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as err:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise OSError(f'demo data: could not write {path}: {err.strerror or err}') from err
+
+
+def _write_png(path: str, array: np.ndarray) -> None:
+    """``cv2.imwrite`` that fails loudly: encode, then :func:`_write_file`."""
+    ok, buf = cv2.imencode('.png', array)
+    if not ok:
+        raise OSError(f'demo data: could not encode {path} as PNG')
+    _write_file(path, buf.tobytes())
+
+
+def _write_json(path: str, obj) -> None:
+    _write_file(path, json.dumps(obj).encode())
+
+
+def _crop(img: np.ndarray, poly: np.ndarray, side: int) -> np.ndarray:
+    """A square crop centred on ``poly``'s box, 1.25 times its larger side, resized to ``side``."""
+    (x0, y0), (x1, y1) = poly.min(0), poly.max(0)
+    half = 0.625 * max(x1 - x0, y1 - y0)
+    pad = int(math.ceil(half)) + 1
+    padded = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode='edge')
+    cx, cy = (x0 + x1) / 2 + pad, (y0 + y1) / 2 + pad
+    window = padded[int(round(cy - half)):int(round(cy + half)), int(round(cx - half)):int(round(cx + half))]
+    return cv2.resize(window, (side, side), interpolation=cv2.INTER_AREA)
+
+
 def make_split(root: str, split: str, num_images: int, size: int, seed: int,
                first_id: int = 0) -> dict:
-    """Write one split (images, label maps, COCO json); returns the COCO dict."""
+    """Write one split (images, label maps, classification crops, COCO json); returns the COCO dict.
+
+    Every file is written whole (temporary file, then rename); a failed write
+    raises ``OSError`` naming the file.
+    """
     rng = np.random.default_rng(seed)
     for sub in ('images', 'masks'):
         os.makedirs(osp.join(root, sub, split), exist_ok=True)
+    for name in DEMO_CLASSES:
+        os.makedirs(osp.join(root, 'cls', split, name), exist_ok=True)
     os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
-    images, annotations = [], []
+    images, annotations, cls_lines = [], [], []
     for i in range(num_images):
         image_id = first_id + i
         name = f'{image_id:06d}.png'
         img, label, shapes = _render(rng, size)
-        cv2.imwrite(osp.join(root, 'images', split, name), img[:, :, ::-1])  # RGB -> BGR
-        cv2.imwrite(osp.join(root, 'masks', split, name), label)
+        _write_png(osp.join(root, 'images', split, name), img[:, :, ::-1])  # RGB -> BGR
+        _write_png(osp.join(root, 'masks', split, name), label)
         images.append(dict(id=image_id, file_name=name, width=size, height=size))
         for kind, poly, mask in shapes:
             x0, y0 = np.clip(poly.min(0), 0, size)
@@ -102,38 +156,91 @@ def make_split(root: str, split: str, num_images: int, size: int, seed: int,
                 bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                 area=float(mask.sum()), iscrowd=0,
                 segmentation=[[float(v) for v in poly.reshape(-1)]]))
+            crop = f'{DEMO_CLASSES[kind]}/{image_id:06d}_{len(annotations):04d}.png'
+            _write_png(osp.join(root, 'cls', split, crop), _crop(img, poly, cls_size(size))[:, :, ::-1])
+            cls_lines.append(f'{crop} {kind}\n')
     coco = dict(images=images, annotations=annotations,
                 categories=[dict(id=i + 1, name=n) for i, n in enumerate(DEMO_CLASSES)])
-    with open(osp.join(root, 'annotations', f'instances_{split}.json'), 'w') as f:
-        json.dump(coco, f)
+    _write_json(osp.join(root, 'annotations', f'instances_{split}.json'), coco)
+    _write_file(osp.join(root, 'cls', f'{split}.txt'), ''.join(cls_lines).encode())
     return coco
+
+
+def cls_size(size: int) -> int:
+    """Side of the classification crops of a data set of ``size`` x ``size`` images."""
+    return size // 2
+
+
+def _is_empty_dir(path: str) -> bool:
+    return not osp.exists(path) or (osp.isdir(path) and not os.listdir(path))
+
+
+def _remove_set(root: str) -> None:
+    """Remove the files of the demo set under ``root`` (only its own folders and meta.json)."""
+    for sub in _LAYOUT:
+        path = osp.join(root, sub)
+        if osp.isdir(path) and not osp.islink(path):
+            shutil.rmtree(path)
+        elif osp.lexists(path):
+            os.remove(path)
+    if osp.lexists(osp.join(root, _META)):
+        os.remove(osp.join(root, _META))
+
+
+def _read_meta(root: str) -> dict:
+    path = osp.join(root, _META)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f'{path} is not a readable demo data set record ({err}); remove {root} '
+                         f'or pick another folder') from err
+    if not isinstance(meta, dict):
+        raise ValueError(f'{path} is not a demo data set record (a {type(meta).__name__}); remove '
+                         f'{root} or pick another folder')
+    return meta
 
 
 def make_demo_dataset(root: str, num_train: int = 300, num_val: int = 50, size: int = 128,
                       seed: int = 0, overwrite: bool = False) -> dict:
     """Write the train and val splits under ``root``; returns their COCO dicts.
 
-    Deterministic for a given ``seed``.  An existing data set made with the
-    same arguments (recorded in ``root/meta.json``) is kept unless
-    ``overwrite``; one made with different arguments is an error rather than
-    being silently mixed.
+    Deterministic for a given ``seed``.  ``root/meta.json`` records the
+    arguments and whether the set is complete (it is written first marked
+    incomplete, and marked complete after the last file).  A complete set
+    made with the same arguments is kept; one made with different arguments
+    is an error unless ``overwrite``, which removes the old set's files first
+    (so no stale image is left for a loader to count).  An incomplete set (a
+    run that failed part-way) is removed and written again.  A non-empty
+    folder without ``meta.json`` is not a demo set and is refused, with or
+    without ``overwrite``: nothing in it is touched.
     """
     for name, value, low in (('num_train', num_train, 1), ('num_val', num_val, 1), ('size', size, 32)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f'{name} must be an int >= {low}, got {value!r}')
-    meta = dict(num_train=num_train, num_val=num_val, size=size, seed=seed, classes=list(DEMO_CLASSES))
-    meta_path = osp.join(root, 'meta.json')
-    if osp.exists(meta_path) and not overwrite:
-        with open(meta_path) as f:
-            old = json.load(f)
-        if old != meta:
+    meta = dict(num_train=num_train, num_val=num_val, size=size, seed=seed, classes=list(DEMO_CLASSES),
+                layout=LAYOUT_VERSION)
+    meta_path = osp.join(root, _META)
+    if osp.lexists(meta_path):
+        old = _read_meta(root)
+        complete = old.pop('complete', True)  # sets written before the flag existed were complete
+        if complete and old == meta and not overwrite:
+            return {split: _read(root, split) for split in ('train', 'val')}
+        if complete and not overwrite:
             raise ValueError(f'{root} already holds a demo data set made with {old}; '
                              f'pass overwrite=True (--overwrite) or another root to make {meta}')
-        return {split: _read(root, split) for split in ('train', 'val')}
+        _remove_set(root)
+    elif not _is_empty_dir(root):
+        if not osp.isdir(root):
+            raise ValueError(f'{root} exists and is not a folder; pick another root for the demo data')
+        raise ValueError(f'{root} is not empty and holds no demo data set (no {_META}); refusing to '
+                         f'write into it{" even with overwrite" if overwrite else ""}: pick an empty '
+                         f'or new folder')
+    os.makedirs(root, exist_ok=True)
+    _write_json(meta_path, dict(meta, complete=False))
     out = {'train': make_split(root, 'train', num_train, size, seed),
            'val': make_split(root, 'val', num_val, size, seed + 1, first_id=num_train)}
-    with open(meta_path, 'w') as f:
-        json.dump(meta, f)
+    _write_json(meta_path, dict(meta, complete=True))
     return out
 
 
