@@ -19,12 +19,15 @@ def main(argv=None):
     parser.add_argument('--num-val', type=int, default=50)
     parser.add_argument('--size', type=int, default=128, help='image side in pixels')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--varied', action='store_true',
+                        help='per-image brightness, contrast and colour cast on textured, cluttered '
+                             'backgrounds (the small-batch study data)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace an earlier demo set made with other arguments')
     args = parser.parse_args(argv)
     try:
         out = make_demo_dataset(args.root, args.num_train, args.num_val, args.size, args.seed,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, varied=args.varied)
     except (ValueError, OSError) as err:
         sys.exit(f'make_demo_data: {err}')
     print(f"{args.root}: {len(out['train']['images'])} train / {len(out['val']['images'])} val "

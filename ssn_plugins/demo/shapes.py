@@ -63,9 +63,45 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _render(rng: np.random.Generator, size: int):
-    """One image: (image, label map, list of (class index, polygon, mask))."""
-    img = _background(rng, size)
+def _cluttered_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """:func:`_background` with a texture and clutter on it, (H, W, 3) uint8.
+
+    Texture: oriented stripes of random frequency and colour, and blotches
+    of low-frequency noise.  Clutter: thin strokes in random colours, which
+    class shapes can share.  All of it is background in the labels.
+    """
+    img = _background(rng, size).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    theta, freq, phase = rng.uniform(0, math.pi), rng.uniform(2, 8), rng.uniform(0, 2 * math.pi)
+    stripes = np.sin(2 * math.pi * freq * (xx * math.cos(theta) + yy * math.sin(theta)) + phase)
+    img += stripes[..., None] * rng.uniform(15, 60, size=3).astype(np.float32)
+    blotches = rng.normal(0, 1, size=(5, 5, 3)).astype(np.float32)
+    img += 40 * cv2.resize(blotches, (size, size), interpolation=cv2.INTER_CUBIC)
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    for _ in range(int(rng.integers(4, 12))):
+        (x0, y0), (x1, y1) = rng.uniform(0, size, size=(2, 2)).astype(int)
+        colour = tuple(int(c) for c in rng.uniform(0, 255, size=3))
+        cv2.line(img, (int(x0), int(y0)), (int(x1), int(y1)), colour, int(rng.integers(1, 3)))
+    return img
+
+
+def _photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """A per-image contrast, brightness and colour cast (per-channel gain), (H, W, 3) uint8."""
+    contrast = math.exp(rng.uniform(math.log(0.3), math.log(1.6)))
+    brightness = rng.uniform(-70, 70)
+    gain = rng.uniform(0.5, 1.5, size=3).astype(np.float32)
+    out = ((img.astype(np.float32) - 127.5) * contrast + 127.5 + brightness) * gain
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _render(rng: np.random.Generator, size: int, varied: bool = False):
+    """One image: (image, label map, list of (class index, polygon, mask)).
+
+    ``varied``: a textured, cluttered background and, after the shapes, a
+    per-image contrast, brightness and colour cast; the default draws exactly
+    what it always drew.
+    """
+    img = _cluttered_background(rng, size) if varied else _background(rng, size)
     label = np.zeros((size, size), np.uint8)
     shapes, boxes = [], []
     for _ in range(int(rng.integers(1, _MAX_SHAPES + 1))):
@@ -88,6 +124,8 @@ def _render(rng: np.random.Generator, size: int):
         img[mask.astype(bool)] = colour.astype(np.uint8)
         label[mask.astype(bool)] = kind + 1
         shapes.append((kind, poly, mask))
+    if varied:
+        img = _photometric(rng, img)
     return img, label, shapes
 
 
@@ -128,7 +166,7 @@ def _crop(img: np.ndarray, poly: np.ndarray, side: int) -> np.ndarray:
 
 
 def make_split(root: str, split: str, num_images: int, size: int, seed: int,
-               first_id: int = 0) -> dict:
+               first_id: int = 0, varied: bool = False) -> dict:
     """Write one split (images, label maps, classification crops, COCO json); returns the COCO dict.
 
     Every file is written whole (temporary file, then rename); a failed write
@@ -144,7 +182,7 @@ def make_split(root: str, split: str, num_images: int, size: int, seed: int,
     for i in range(num_images):
         image_id = first_id + i
         name = f'{image_id:06d}.png'
-        img, label, shapes = _render(rng, size)
+        img, label, shapes = _render(rng, size, varied)
         _write_png(osp.join(root, 'images', split, name), img[:, :, ::-1])  # RGB -> BGR
         _write_png(osp.join(root, 'masks', split, name), label)
         images.append(dict(id=image_id, file_name=name, width=size, height=size))
@@ -202,8 +240,12 @@ def _read_meta(root: str) -> dict:
 
 
 def make_demo_dataset(root: str, num_train: int = 300, num_val: int = 50, size: int = 128,
-                      seed: int = 0, overwrite: bool = False) -> dict:
+                      seed: int = 0, overwrite: bool = False, varied: bool = False) -> dict:
     """Write the train and val splits under ``root``; returns their COCO dicts.
+
+    ``varied``: per-image brightness, contrast and colour cast on textured,
+    cluttered backgrounds (the small-batch study's data); the default set is
+    the plain one the demo always used.
 
     Deterministic for a given ``seed``.  ``root/meta.json`` records the
     arguments and whether the set is complete (it is written first marked
@@ -220,6 +262,8 @@ def make_demo_dataset(root: str, num_train: int = 300, num_val: int = 50, size: 
             raise ValueError(f'{name} must be an int >= {low}, got {value!r}')
     meta = dict(num_train=num_train, num_val=num_val, size=size, seed=seed, classes=list(DEMO_CLASSES),
                 layout=LAYOUT_VERSION)
+    if varied:
+        meta['varied'] = True
     meta_path = osp.join(root, _META)
     if osp.lexists(meta_path):
         old = _read_meta(root)
@@ -238,8 +282,8 @@ def make_demo_dataset(root: str, num_train: int = 300, num_val: int = 50, size: 
                          f'or new folder')
     os.makedirs(root, exist_ok=True)
     _write_json(meta_path, dict(meta, complete=False))
-    out = {'train': make_split(root, 'train', num_train, size, seed),
-           'val': make_split(root, 'val', num_val, size, seed + 1, first_id=num_train)}
+    out = {'train': make_split(root, 'train', num_train, size, seed, varied=varied),
+           'val': make_split(root, 'val', num_val, size, seed + 1, first_id=num_train, varied=varied)}
     _write_json(meta_path, dict(meta, complete=True))
     return out
 
