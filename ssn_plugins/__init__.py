@@ -10,14 +10,13 @@ from .checkpoint import (ResNetReleasedStem, SwitchNormPretrained, convert_check
                          use_released_stem)
 from .deploy import collapse_norms
 from .engine import (SafeCheckpointHook, SSNLogitClipHook, SSNRadiusHook, SwitchNormEvalHook,
-                     SwitchNormMonitorHook, apply_norm_eval)
+                     SwitchNormLogitClipHook, SwitchNormMonitorHook, apply_norm_eval)
 from .norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
                    SparseSwitchNormBase, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d, SwitchNormBase,
                    SyncSparseSwitchNorm, SyncSwitchNorm, convert_sync_switchnorm, is_switch_norm,
                    revert_sync_switchnorm, update_choices)
 from .ops import sparsemax, sparsestmax
-
-__version__ = '0.1.0'
+from .version import __version__
 
 __all__ = [
     'sparsemax', 'sparsestmax', 'SwitchNorm1d', 'SwitchNorm2d', 'SwitchNorm3d',
@@ -25,7 +24,7 @@ __all__ = [
     'SparseSwitchNormBase', 'is_switch_norm', 'update_choices',
     'SyncSwitchNorm', 'SyncSparseSwitchNorm', 'convert_sync_switchnorm', 'revert_sync_switchnorm',
     'SSNRadiusHook', 'SwitchNormEvalHook', 'SwitchNormMonitorHook', 'SafeCheckpointHook',
-    'SSNLogitClipHook',
+    'SwitchNormLogitClipHook', 'SSNLogitClipHook',
     'apply_norm_eval', 'SwitchNormPretrained', 'ResNetReleasedStem', 'convert_checkpoint',
-    'use_released_stem', 'collapse_norms'
+    'use_released_stem', 'collapse_norms', '__version__'
 ]

@@ -81,7 +81,7 @@ def test_config_contents(path):
     if sparse:
         radius = [h for h in cfg.custom_hooks if h['type'] == 'SSNRadiusHook']
         assert radius and radius[0].get('max_radius', 1.0) == 1.0
-        clip = [h for h in cfg.custom_hooks if h['type'] == 'SSNLogitClipHook']
+        clip = [h for h in cfg.custom_hooks if h['type'] == 'SwitchNormLogitClipHook']
         assert clip and clip[0].get('max_norm', 1.0) == 1.0  # the released recipe
     keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
     for name in ('mean_weight', 'var_weight'):

@@ -162,7 +162,7 @@ def test_logit_clip_hook_clips_only_the_logits_jointly(tmp_path):
     seen = []
 
     class Recorder(Hook):
-        """Registered after SSNLogitClipHook's, so it sees the clipped gradients."""
+        """Registered after SwitchNormLogitClipHook's, so it sees the clipped gradients."""
 
         def before_train(self, runner):
             model = runner.model
@@ -173,7 +173,7 @@ def test_logit_clip_hook_clips_only_the_logits_jointly(tmp_path):
 
             runner.optim_wrapper.optimizer.register_step_pre_hook(record)
 
-    runner = _toy_runner(tmp_path, 3, [dict(type='SSNLogitClipHook', max_norm=1e-4)])
+    runner = _toy_runner(tmp_path, 3, [dict(type='SwitchNormLogitClipHook', max_norm=1e-4)])
     runner.register_hook(Recorder(), priority='LOWEST')
     runner.train()
     assert len(seen) == 3
@@ -183,10 +183,18 @@ def test_logit_clip_hook_clips_only_the_logits_jointly(tmp_path):
     assert runner.message_hub.get_scalar('train/ssn_logit_grad_norm').current() > 1e-4
 
 
+def test_logit_clip_hook_keeps_its_old_name():
+    """Configs written before the rename (type='SSNLogitClipHook') build the same hook."""
+    assert HOOKS.get('SSNLogitClipHook') is HOOKS.get('SwitchNormLogitClipHook') is ssn_plugins.SwitchNormLogitClipHook
+    assert ssn_plugins.SSNLogitClipHook is ssn_plugins.SwitchNormLogitClipHook
+    hook = HOOKS.build(dict(type='SSNLogitClipHook', max_norm=0.5))
+    assert type(hook) is ssn_plugins.SwitchNormLogitClipHook and hook.max_norm == 0.5
+
+
 def test_logit_clip_hook_needs_switch_norm_layers(tmp_path):
-    runner = _toy_runner(tmp_path, 1, [dict(type='SSNLogitClipHook')])
+    runner = _toy_runner(tmp_path, 1, [dict(type='SwitchNormLogitClipHook')])
     runner.model.norm = nn.BatchNorm2d(4)
     with pytest.raises(ValueError, match='no SN/SSN layer'):
         runner.train()
     with pytest.raises(ValueError, match='max_norm'):
-        ssn_plugins.SSNLogitClipHook(max_norm=0)
+        ssn_plugins.SwitchNormLogitClipHook(max_norm=0)

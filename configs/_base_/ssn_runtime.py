@@ -6,7 +6,7 @@ custom_imports = dict(imports=['ssn_plugins'], allow_failed_imports=False)
 custom_hooks = [
     dict(type='SSNRadiusHook', max_radius=1.0),
     # the logits' joint gradient norm clipped to 1.0, as in the released recipe
-    dict(type='SSNLogitClipHook', max_norm=1.0),
+    dict(type='SwitchNormLogitClipHook', max_norm=1.0),
     dict(type='SwitchNormEvalHook'),
     dict(type='SwitchNormMonitorHook'),
     # Runner checkpoints that load under torch's weights_only=True, also with

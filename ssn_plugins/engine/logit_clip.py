@@ -2,12 +2,16 @@
 
 mmengine's ``clip_grad`` clips all parameters together. The released
 ImageNet recipe clips only the ``mean_weight``/``var_weight`` group, jointly,
-to norm 1.0, after the gradient all-reduce. :class:`SSNLogitClipHook` does
-that with a step pre-hook on the optimizer, so it runs after DDP's
-all-reduce and after AMP's unscaling, right before every ``optimizer.step``
-(``OptimWrapper`` and ``AmpOptimWrapper`` alike)::
+to norm 1.0, after the gradient all-reduce. :class:`SwitchNormLogitClipHook`
+does that, for SN and SSN layers alike, with a step pre-hook on the
+optimizer, so it runs after DDP's all-reduce and after AMP's unscaling, right
+before every ``optimizer.step`` (``OptimWrapper`` and ``AmpOptimWrapper``
+alike)::
 
-    custom_hooks = [dict(type='SSNLogitClipHook', max_norm=1.0)]
+    custom_hooks = [dict(type='SwitchNormLogitClipHook', max_norm=1.0)]
+
+``SSNLogitClipHook``, its first name, stays registered as an alias, so older
+configs keep working.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from torch.nn.utils import clip_grad_norm_
 from .hooks import _unwrap
 from ..norm.switch_norm import is_switch_norm
 
-__all__ = ['SSNLogitClipHook', 'switch_norm_logits']
+__all__ = ['SwitchNormLogitClipHook', 'SSNLogitClipHook', 'switch_norm_logits']
 
 
 def switch_norm_logits(model: nn.Module) -> list[nn.Parameter]:
@@ -30,7 +34,7 @@ def switch_norm_logits(model: nn.Module) -> list[nn.Parameter]:
 
 
 @HOOKS.register_module()
-class SSNLogitClipHook(Hook):
+class SwitchNormLogitClipHook(Hook):
     """Clip the joint gradient norm of all SN/SSN logits before each optimizer step.
 
     Args:
@@ -50,7 +54,7 @@ class SSNLogitClipHook(Hook):
     def before_train(self, runner) -> None:
         logits = {id(p): p for p in switch_norm_logits(runner.model)}
         if not logits:
-            raise ValueError('SSNLogitClipHook: the model has no SN/SSN layer whose logits to clip')
+            raise ValueError(f'{type(self).__name__}: the model has no SN/SSN layer whose logits to clip')
         wrappers = (runner.optim_wrapper.values() if isinstance(runner.optim_wrapper, OptimWrapperDict)
                     else [runner.optim_wrapper])
         for wrapper in wrappers:
@@ -73,3 +77,8 @@ class SSNLogitClipHook(Hook):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+# the first name, from when only SSN configs used it; the same class
+SSNLogitClipHook = SwitchNormLogitClipHook
+HOOKS.register_module(name='SSNLogitClipHook', module=SwitchNormLogitClipHook)
