@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint of an mmdet or mmseg config; prints the metrics as JSON.
+"""Evaluate a checkpoint of an mmdet, mmseg or mmpretrain config; prints the metrics as JSON.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...]
                         [--launcher none|pytorch|slurm|mpi] [--out-metrics FILE.json]

@@ -1,4 +1,4 @@
-"""Train an mmdet or mmseg config (SN/SSN or not) with mmengine's Runner.
+"""Train an mmdet, mmseg or mmpretrain config (SN/SSN or not) with mmengine's Runner.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
                          [--compile] [--compile-backend NAME]
@@ -12,7 +12,7 @@ from ssn_plugins.engine import launch
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Train a detector or segmentor')
+    parser = argparse.ArgumentParser(description='Train a detector, segmentor or classifier')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument('--amp', action='store_true', help='mixed precision training (needs CUDA)')

@@ -1,8 +1,8 @@
 """The logic behind ``tools/train.py`` and ``tools/test.py``.
 
-Thin wrappers over mmengine's ``Runner`` that behave like mmdet's and
-mmseg's own tools, for configs of either toolkit (told apart by the
-config's ``default_scope``), plus two things those tools lack here: every
+Thin wrappers over mmengine's ``Runner`` that behave like mmdet's,
+mmseg's and mmpretrain's own tools, for configs of any of them (told apart
+by the config's ``default_scope``), plus two things those tools lack here: every
 run gets :class:`~ssn_plugins.engine.checkpoint_io.SafeCheckpointHook`, so
 its checkpoints load under torch's ``weights_only=True``, and ``--amp``
 without a GPU is a clear error instead of an assertion deep in mmengine.
@@ -27,16 +27,16 @@ from .distributed import setup_cpu_distributed
 __all__ = ['TOOLKITS', 'toolkit_of', 'load_config', 'enable_amp', 'enable_compile', 'set_resume',
            'build_runner', 'train', 'test']
 
-TOOLKITS = ('mmdet', 'mmseg')
+TOOLKITS = ('mmdet', 'mmseg', 'mmpretrain')
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
 
 def toolkit_of(cfg: Config) -> str:
-    """``'mmdet'`` or ``'mmseg'``, from the config's ``default_scope``."""
+    """``'mmdet'``, ``'mmseg'`` or ``'mmpretrain'``, from the config's ``default_scope``."""
     scope = cfg.get('default_scope', None)
     if scope not in TOOLKITS:
-        raise ValueError(f'config default_scope must be one of {TOOLKITS} (inherit an mmdet:: or '
-                         f'mmseg:: base config), got {scope!r}')
+        raise ValueError(f'config default_scope must be one of {TOOLKITS} (inherit an mmdet::, '
+                         f'mmseg:: or mmpretrain:: base config), got {scope!r}')
     return scope
 
 
