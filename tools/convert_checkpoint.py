@@ -1,10 +1,14 @@
-"""Convert a released SN/SSN or a BN ResNet v1 ImageNet checkpoint for mmdet/mmseg ResNet.
+"""Convert a released SN/SSN, a BN or an mmpretrain SN/SSN ResNet v1 checkpoint for mmdet/mmseg ResNet.
 
     python tools/convert_checkpoint.py SRC DST [--target ssn|sn]
 
 SRC: a released ResNet-50 v1 + SSN or SN file (with or without 'module.', bare
-or {'state_dict': ...}), or a torchvision / mmcv / mmcls BN ResNet.  DST loads
-with init_cfg=dict(type='SwitchNormPretrained', checkpoint=DST).
+or {'state_dict': ...}), a torchvision / mmcv / mmcls BN ResNet, or a
+checkpoint trained with this package's layers, e.g. an mmpretrain
+ImageClassifier from configs/mmpretrain (its backbone is kept with the logits,
+radius and latched choices; the stem pool is read from the training config
+in the file).  DST loads with
+init_cfg=dict(type='SwitchNormPretrained', checkpoint=DST).
 """
 import argparse
 import json

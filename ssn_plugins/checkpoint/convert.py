@@ -1,4 +1,4 @@
-"""Convert released SN/SSN and BN ResNet v1 ImageNet checkpoints for mmdet/mmseg ResNet.
+"""Convert released SN/SSN, BN and our own (mmpretrain) ResNet v1 checkpoints for mmdet/mmseg ResNet.
 
 The released SN/SSN layers store ``weight``/``bias`` as (1, C, 1, 1) and running
 statistics as (1, C, 1), and SSN marks a latched selection with
@@ -7,6 +7,10 @@ statistics as (1, C, 1), and SSN marks a latched selection with
 (-1 = free).  The converted file is ``{'meta': ..., 'state_dict': ...}`` with
 plain tensors only, so it loads with ``torch.load(weights_only=True)`` and
 through ``init_cfg=dict(type='SwitchNormPretrained' or 'Pretrained', checkpoint=DST)``.
+Files trained with this package's layers (an mmpretrain ``ImageClassifier``
+from ``configs/mmpretrain``: ``backbone.`` prefix, ``head`` classifier) are
+already in this layout; their backbone is kept as it is, and the stem pool is
+read from the training config stored in the file.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .layout import ConversionError, ResNetLayout, parse_resnet_v1
+from .training_config import training_facts
 
 __all__ = ['load_source', 'extract_state_dict', 'convert_state_dict', 'convert_checkpoint',
            'RELEASED_SSN_STEM', 'TORCHVISION_STEM']
@@ -40,6 +45,8 @@ _MOMENTUM_NOTE = {
                note='the released SwitchNorm2d keeps `momentum` of the running statistics per step; '
                     'PyTorch momentum is 1 - that; this package defaults to 0.1'),
     'bn': dict(released=0.1, pytorch=0.1, note='BatchNorm sources already use the PyTorch convention'),
+    'native': dict(released='n/a', pytorch="the training config's norm_cfg momentum",
+                   note='trained with ssn_plugins layers, which use the PyTorch convention'),
 }
 
 
@@ -113,7 +120,14 @@ def _norm_tensors(sd: Mapping[str, Tensor], src: str, layout: ResNetLayout, targ
             out['radius'] = torch.zeros(())
         for which in ('mean', 'var'):
             choice = -1
-            if layout.kind == 'ssn' and int(sd[f'{src}.{which}_fixed'].reshape(())) != 0:
+            if layout.native:
+                # this package's layer: the latched choice is stored as an index
+                choice = int(sd[f'{src}.{which}_choice'].reshape(()))
+                if not -1 <= choice < layout.num_logits:
+                    raise ConversionError(f'{src}.{which}_choice is {choice}; expected -1 (free) '
+                                          f'or a normalizer index 0..{layout.num_logits - 1}')
+                stats[f'{which}_latched'] += choice >= 0
+            elif layout.kind == 'ssn' and int(sd[f'{src}.{which}_fixed'].reshape(())) != 0:
                 # the released layer overwrote its logits with the one-hot choice
                 choice = int(out[f'{which}_weight'].argmax())
                 stats[f'{which}_latched'] += 1
@@ -161,6 +175,8 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], target: Optional[str] =
         'bn': 'uniform (ones, as a new layer): the selection is learned; a BN one-hot start would '
               'sit on a simplex vertex where SparsestMax has zero gradient',
     }[layout.kind]
+    if layout.native:
+        logits = 'copied with the radius and the latched choices (mean_choice/var_choice)'
     meta = dict(
         converter=CONVERTER,
         source_kind=layout.kind,
@@ -172,14 +188,31 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], target: Optional[str] =
         num_norm_layers=len(layout.norms),
         latched=dict(mean=stats['mean_latched'], var=stats['var_latched']),
         logits=logits,
-        stem_pool=dict(RELEASED_SSN_STEM if layout.kind == 'ssn' else TORCHVISION_STEM),
-        momentum=_MOMENTUM_NOTE[layout.kind],
-        sparsestmax_mode=("norm_cfg mode='official' is the released rule; it only matters for layers "
+        # a file of ours without its training config: the pool of mmdet/mmseg/mmpretrain ResNet
+        stem_pool=dict(RELEASED_SSN_STEM if layout.kind == 'ssn' and not layout.native else TORCHVISION_STEM),
+        momentum=_MOMENTUM_NOTE['native' if layout.native else layout.kind],
+        sparsestmax_mode=("the training config's norm_cfg mode; it only matters for layers that are "
+                          'not latched' if layout.native else
+                          "norm_cfg mode='official' is the released rule; it only matters for layers "
                           'that are not latched' if layout.kind == 'ssn' else 'n/a'),
         dropped_keys=sorted(dropped),
-        reshaped='weight/bias (1,C,1,1) and running stats (1,C,1) to (C,)' if layout.kind != 'bn' else 'none',
+        reshaped=('weight/bias (1,C,1,1) and running stats (1,C,1) to (C,)'
+                  if layout.kind != 'bn' and not layout.native else 'none'),
     )
     return out, meta
+
+
+def _record_training(meta: dict, checkpoint) -> None:
+    """Add what a Runner checkpoint's config says: toolkit, model, backbone and so the stem pool."""
+    facts = training_facts(checkpoint)
+    if facts is None:
+        return
+    meta['training'] = facts
+    if facts['backbone'] is not None:
+        # ResNetReleasedStem swaps in the released pool; every ResNet of mmdet/mmseg/mmpretrain pads by 1
+        released = facts['backbone'].rsplit('.', 1)[-1] == 'ResNetReleasedStem'
+        meta['stem_pool'] = dict(RELEASED_SSN_STEM if released else TORCHVISION_STEM)
+        meta['stem_pool_from'] = f"the training config in the file (backbone type {facts['backbone']!r})"
 
 
 def convert_checkpoint(src: str, dst: str, target: Optional[str] = None) -> dict:
@@ -194,6 +227,7 @@ def convert_checkpoint(src: str, dst: str, target: Optional[str] = None) -> dict
                          f"init_cfg=dict(type='SwitchNormPretrained', checkpoint='{src}')")
     state_dict = extract_state_dict(checkpoint, where=src)
     converted, meta = convert_state_dict(state_dict, target)
+    _record_training(meta, checkpoint)
     meta['source'] = os.path.basename(src)
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     torch.save({'meta': meta, 'state_dict': converted}, dst)

@@ -1,4 +1,4 @@
-"""The key layout of ResNet v1 ImageNet checkpoints (released SN/SSN, torchvision, mmcv).
+"""The key layout of ResNet v1 ImageNet checkpoints (released SN/SSN, torchvision, mmcv, ours).
 
 All of them name their modules like torchvision: ``conv1``, ``<norm>1``,
 ``layerX.Y.conv{1,2,3}``, ``layerX.Y.<norm>{1,2,3}``, ``layerX.0.downsample.{0,1}``
@@ -31,6 +31,10 @@ NORM_ENTRIES = {
     'ssn': ('weight', 'bias', 'mean_weight', 'var_weight', 'running_mean', 'running_var',
             'mean_fixed', 'var_fixed', 'radius'),
 }
+# SSN layers of this package (files trained with ssn_plugins, e.g. mmpretrain's ImageClassifier):
+# (C,) tensors, a scalar radius and the latched choices as indices (-1 = free)
+NATIVE_SSN_ENTRIES = ('weight', 'bias', 'mean_weight', 'var_weight', 'running_mean', 'running_var',
+                      'radius', 'mean_choice', 'var_choice')
 _NO_BN_BRANCH = ('running_mean', 'running_var')  # absent from SN files trained with using_bn=False
 
 _V2_MARKERS = re.compile(r'(^|\.)(sn_out|bn_out)\.|^layer\d+\.\d+\.downsample\.(weight|bias)$')
@@ -52,6 +56,7 @@ class ResNetLayout:
     num_logits: int  # K: 3 (IN, LN, BN) or 2 (IN, LN); 0 for BN sources
     convs: list[str] = field(default_factory=list)  # module names, in network order
     norms: dict[str, str] = field(default_factory=dict)  # norm module -> conv module before it
+    native: bool = False  # SSN layers of this package (mean_choice/var_choice), not the released ones
 
     @property
     def arch(self) -> str:
@@ -82,7 +87,7 @@ def _modules(stage_blocks: tuple[int, ...], block: str, abbr: str) -> tuple[list
 
 def _detect_kind(keys: list[str]) -> str:
     entries = {k.rsplit('.', 1)[-1] for k in keys}
-    if entries & {'mean_fixed', 'var_fixed', 'radius'}:
+    if entries & {'mean_fixed', 'var_fixed', 'radius', 'mean_choice', 'var_choice'}:
         return 'ssn'
     if entries & {'mean_weight', 'var_weight'}:
         return 'sn'
@@ -131,7 +136,8 @@ def parse_resnet_v1(state_dict: dict[str, Tensor]) -> ResNetLayout:
         k_logits = sizes.pop()[0]
         if kind == 'ssn' and k_logits != 3:
             raise ConversionError('SSN checkpoints have 3 logits (IN, LN, BN), got 2')
-    entries = NORM_ENTRIES[kind]
+    native = kind == 'ssn' and any(k.endswith(('.mean_choice', '.var_choice')) for k in keys)
+    entries = NATIVE_SSN_ENTRIES if native else NORM_ENTRIES[kind]
     if k_logits == 2:
         entries = tuple(e for e in entries if e not in _NO_BN_BRANCH)
     expected = {f'{c}.weight' for c in convs} | {f'{n}.{e}' for n in norms for e in entries}
@@ -144,7 +150,7 @@ def parse_resnet_v1(state_dict: dict[str, Tensor]) -> ResNetLayout:
         if missing:
             lines.append('missing keys: ' + _fmt(missing))
         raise ConversionError('; '.join(lines))
-    layout = ResNetLayout(depth, block, tuple(stage_blocks), abbr, kind, k_logits, convs, norms)
+    layout = ResNetLayout(depth, block, tuple(stage_blocks), abbr, kind, k_logits, convs, norms, native)
     _check_shapes(state_dict, layout)
     return layout
 
@@ -164,7 +170,7 @@ def _check_shapes(sd: dict[str, Tensor], layout: ResNetLayout) -> None:
             t = sd[key]
             if t.numel() != c or t.dim() == 0 or t.shape[0 if t.dim() == 1 else 1] != c:
                 bad.append(f'{key} {tuple(t.shape)} (expected {c} channels like {conv})')
-        for name in ('mean_fixed', 'var_fixed', 'radius'):
+        for name in ('mean_fixed', 'var_fixed', 'radius', 'mean_choice', 'var_choice'):
             key = f'{norm}.{name}'
             if key in sd and sd[key].numel() != 1:
                 bad.append(f'{key} {tuple(sd[key].shape)} (expected one value)')
