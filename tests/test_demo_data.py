@@ -4,6 +4,7 @@ import json
 import os
 import os.path as osp
 import resource
+import shutil
 
 import cv2
 import numpy as np
@@ -166,3 +167,22 @@ def test_a_folder_that_is_not_a_demo_set_is_refused(tmp_path, overwrite):
     # an empty folder is fine
     (tmp_path / 'empty').mkdir()
     make_demo_dataset(str(tmp_path / 'empty'), num_train=1, num_val=1, size=64)
+
+
+def test_a_set_of_an_older_layout_is_rewritten(tmp_path):
+    """`make demo` on data from before the classification crops: the same arguments, so it is remade."""
+    root = str(tmp_path / 'data')
+    make_demo_dataset(root, num_train=2, num_val=1, size=64, seed=5)
+    image = cv2.imread(osp.join(root, 'images', 'train', '000001.png'))
+    meta = json.load(open(osp.join(root, 'meta.json')))
+    del meta['layout'], meta['complete']  # what the first layout wrote
+    json.dump(meta, open(osp.join(root, 'meta.json'), 'w'))
+    shutil.rmtree(osp.join(root, 'cls'))
+    make_demo_dataset(root, num_train=2, num_val=1, size=64, seed=5)
+    assert osp.isfile(osp.join(root, 'cls', 'train.txt'))
+    assert np.array_equal(cv2.imread(osp.join(root, 'images', 'train', '000001.png')), image)
+    # other arguments in an older layout are still refused without overwrite
+    del meta['num_train']
+    json.dump(dict(meta, num_train=3), open(osp.join(root, 'meta.json'), 'w'))
+    with pytest.raises(ValueError, match='already holds'):
+        make_demo_dataset(root, num_train=2, num_val=1, size=64, seed=5)

@@ -239,6 +239,10 @@ def _read_meta(root: str) -> dict:
     return meta
 
 
+def _args(meta: dict) -> dict:
+    return {k: v for k, v in meta.items() if k != 'layout'}
+
+
 def make_demo_dataset(root: str, num_train: int = 300, num_val: int = 50, size: int = 128,
                       seed: int = 0, overwrite: bool = False, varied: bool = False) -> dict:
     """Write the train and val splits under ``root``; returns their COCO dicts.
@@ -253,7 +257,8 @@ def make_demo_dataset(root: str, num_train: int = 300, num_val: int = 50, size: 
     made with the same arguments is kept; one made with different arguments
     is an error unless ``overwrite``, which removes the old set's files first
     (so no stale image is left for a loader to count).  An incomplete set (a
-    run that failed part-way) is removed and written again.  A non-empty
+    run that failed part-way), or one of an older layout made with the same
+    arguments, is removed and written again.  A non-empty
     folder without ``meta.json`` is not a demo set and is refused, with or
     without ``overwrite``: nothing in it is touched.
     """
@@ -270,7 +275,9 @@ def make_demo_dataset(root: str, num_train: int = 300, num_val: int = 50, size: 
         complete = old.pop('complete', True)  # sets written before the flag existed were complete
         if complete and old == meta and not overwrite:
             return {split: _read(root, split) for split in ('train', 'val')}
-        if complete and not overwrite:
+        # the same arguments in an older layout (e.g. without cls/): ours, deterministic, rewritten
+        older = old.get('layout', 1) < LAYOUT_VERSION and _args(old) == _args(meta)
+        if complete and not overwrite and not older:
             raise ValueError(f'{root} already holds a demo data set made with {old}; '
                              f'pass overwrite=True (--overwrite) or another root to make {meta}')
         _remove_set(root)
