@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-__all__ = ['NORMALIZERS', 'BatchPool', 'row_moments', 'pool_moments', 'local_batch_moments',
+__all__ = ['NORMALIZERS', 'BatchPool', 'channel_moments', 'row_moments', 'pool_moments', 'local_batch_moments',
            'branch_moments', 'update_running_stats', 'accumulation_dtype']
 
 #: The normalizers a layer can switch between, in the order of its logits.
@@ -31,14 +31,26 @@ def accumulation_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def row_moments(rows: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and biased variance of each row of ``rows`` (1, R, L): two (R,) tensors.
+def channel_moments(input: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance per channel (dim 1) of ``input`` (N, C, *), over all other dims.
 
-    ``batch_norm_update_stats`` on the (1, N*C, L) view: one kernel, two-pass
-    accurate on the CPU (several times faster there than ``var_mean``'s
-    Welford) and Welford on CUDA, for float32/float64 ``rows``.
+    One reduction on every device; only the ATen kernel differs.  Eager runs
+    ``batch_norm_update_stats`` (two-pass accurate on the CPU, several times
+    faster there than ``var_mean``'s Welford; Welford on CUDA).  Under
+    ``torch.compile`` it is ``var_mean``, which inductor lowers to a Welford
+    reduction fused with its neighbours; ``batch_norm_update_stats`` has no
+    lowering and would stay an opaque call that reads the input once more.
     """
-    return torch.batch_norm_update_stats(rows, None, None, 0.0)
+    if torch.compiler.is_compiling():
+        dims = [0, *range(2, input.dim())]
+        var, mean = torch.var_mean(input, dims, correction=0)
+        return mean, var
+    return torch.batch_norm_update_stats(input, None, None, 0.0)
+
+
+def row_moments(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance of each row of ``rows`` (1, R, L): two (R,) tensors."""
+    return channel_moments(rows)
 
 
 def _batch_norm_update_stats_meta(input: Tensor, running_mean: Optional[Tensor],
@@ -48,9 +60,9 @@ def _batch_norm_update_stats_meta(input: Tensor, running_mean: Optional[Tensor],
     return input.new_empty(channels, dtype=dtype), input.new_empty(channels, dtype=dtype)
 
 
-# torch 2.13 gives this op no Meta kernel, so torch.compile with dynamic shapes (which it
-# turns on once input sizes change, as in detection) breaks the graph at it; add the
-# shape rule, only where torch has none.
+# torch 2.13 gives this op no Meta kernel, so tracing the eager kernel choice with fake
+# tensors and dynamic shapes (make_fx, or torch.compile where is_compiling() is not set)
+# would fail at it; add the shape rule, only where torch has none.
 if not torch._C._dispatch_has_kernel_for_dispatch_key('aten::batch_norm_update_stats', 'Meta'):
     _ATEN_META = torch.library.Library('aten', 'IMPL', 'Meta')
     _ATEN_META.impl('batch_norm_update_stats', _batch_norm_update_stats_meta)
@@ -61,14 +73,14 @@ def pool_moments(mean: Tensor, var: Tensor, dim: int,
     """Moments of the union of equal-size groups along ``dim`` of (N, C): mean of means, total variance.
 
     ``differentiable=False`` (the fused Function, which has its own backward)
-    takes the spread of the means from ``batch_norm_update_stats``, about 5-25x
-    faster on the CPU than ``var_mean`` for these (N, C) shapes.
+    takes the spread of the means from :func:`channel_moments`, about 5-25x
+    faster in eager on the CPU than ``var_mean`` for these (N, C) shapes.
     """
     if differentiable:
         spread, pooled_mean = torch.var_mean(mean, dim, correction=0, keepdim=True)
     else:  # (N, C) is a batch of N for dim 0; (1, N, C) one sample of N channels for dim 1
         groups = mean if dim == 0 else mean.unsqueeze(0)
-        pooled_mean, spread = torch.batch_norm_update_stats(groups, None, None, 0.0)
+        pooled_mean, spread = channel_moments(groups)
         shape = (1, -1) if dim == 0 else (-1, 1)
         pooled_mean, spread = pooled_mean.view(shape), spread.view(shape)
     return pooled_mean, var.mean(dim, keepdim=True) + spread
