@@ -15,36 +15,32 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-from collections import OrderedDict
 from typing import Mapping, Optional, Sequence
 
 import torch
-from mmengine.model import is_model_wrapper
 from torch import Tensor, nn
 
+from .builder import build_model, unwrap_model
+from .checkpoint.pretrained import check_state_dict
+from .fileio import read_state_dict, replacing
 from .norm.moments import NORMALIZERS
 from .norm.ratios import switch_ratios
 from .norm.switch_norm import SparseSwitchNormBase, is_switch_norm
 from .ops.sparsestmax import SPARSESTMAX_MODES
 
 __all__ = [
-    'collect_ratios', 'ratios_from_state_dict', 'ratios_from_checkpoint', 'load_state_dict',
-    'build_model_from_config', 'switch_norm_stats', 'format_summary', 'plot_ratios', 'write_ratios'
+    'collect_ratios', 'ratios_from_state_dict', 'ratios_from_checkpoint', 'switch_norm_stats',
+    'format_summary', 'plot_ratios', 'write_ratios'
 ]
 
 _LABELS = {'in': 'IN', 'ln': 'LN', 'bn': 'BN'}
 _COLORS = {'in': '#4c72b0', 'ln': '#dd8452', 'bn': '#55a868'}
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if is_model_wrapper(model) else model
-
-
 def collect_ratios(model: nn.Module) -> list[dict]:
     """One record per SN/SSN layer of ``model``, from ``layer.ratios()``."""
     records = []
-    for name, layer in _unwrap(model).named_modules():
+    for name, layer in unwrap_model(model).named_modules():
         if not is_switch_norm(layer):
             continue
         mean, var = layer.ratios()
@@ -68,7 +64,7 @@ def switch_norm_stats(model: nn.Module) -> dict[str, float]:
     every iteration costs about as much as one small layer's forward.
     """
     groups: dict[tuple, list] = {}
-    for layer in _unwrap(model).modules():
+    for layer in unwrap_model(model).modules():
         if is_switch_norm(layer):
             sparse = isinstance(layer, SparseSwitchNormBase)
             key = (sparse, len(layer.normalizers), layer.mode if sparse else None)
@@ -96,35 +92,6 @@ def switch_norm_stats(model: nn.Module) -> dict[str, float]:
     if latched:
         stats['ssn_latched'], stats['ssn_radius'] = values[1], values[2]
     return stats
-
-
-def load_state_dict(path: str) -> 'OrderedDict[str, Tensor]':
-    """The state dict of a checkpoint file, loaded with ``weights_only=True``.
-
-    Accepts mmengine runner checkpoints (``state_dict``), the released SN/SSN
-    files (``state_dict``, ``model``) and bare state dicts; a DataParallel
-    ``module.`` prefix is stripped.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f'checkpoint {path!r} does not load with weights_only=True (it holds '
-                         'arbitrary Python objects); runner checkpoints written by '
-                         'tools/train.py (SafeCheckpointHook) or a bare state dict do: '
-                         f'{str(err).splitlines()[0]}') from None
-    if not isinstance(ckpt, Mapping):
-        raise TypeError(f'checkpoint {path!r} holds a {type(ckpt).__name__}, expected a dict')
-    for key in ('state_dict', 'model'):
-        if isinstance(ckpt.get(key), Mapping):
-            ckpt = ckpt[key]
-            break
-    state = OrderedDict()
-    for key, value in ckpt.items():
-        if isinstance(value, Tensor):
-            state[key[len('module.'):] if key.startswith('module.') else key] = value
-    return state
 
 
 def _normalizers_for(prefix: str, k: int, state: Mapping[str, Tensor]) -> tuple[str, ...]:
@@ -253,12 +220,12 @@ def plot_ratios(records: Sequence[dict], path: str) -> str:
 
 
 def write_ratios(records: Sequence[dict], out_dir: str) -> tuple[str, str]:
-    """Write ``out_dir/ratios.json`` (the records) and ``out_dir/ratios.png``."""
-    os.makedirs(out_dir, exist_ok=True)
-    json_path = os.path.join(out_dir, 'ratios.json')
-    with open(json_path, 'w') as f:
-        json.dump(list(records), f, indent=1)
-    png_path = plot_ratios(records, os.path.join(out_dir, 'ratios.png'))
+    """Write ``out_dir/ratios.json`` (the records) and ``out_dir/ratios.png``, both or neither."""
+    json_path, png_path = os.path.join(out_dir, 'ratios.json'), os.path.join(out_dir, 'ratios.png')
+    with replacing(json_path, png_path) as (json_tmp, png_tmp):
+        with open(json_tmp, 'w') as f:
+            json.dump(list(records), f, indent=1)
+        plot_ratios(records, png_tmp)
     return json_path, png_path
 
 
@@ -267,20 +234,10 @@ def ratios_from_checkpoint(checkpoint: str, config: Optional[str] = None, mode: 
 
     With a config the layers' own SparsestMax rule is used and ``mode`` is ignored.
     """
-    state = load_state_dict(checkpoint)
+    state = read_state_dict(checkpoint)
     if config is None:
         return ratios_from_state_dict(state, mode)
-    model = build_model_from_config(config)
-    model.load_state_dict(state, strict=True)
+    model = build_model(config)
+    check_state_dict(model, state, source=checkpoint)  # exact, up to num_batches_tracked
+    model.load_state_dict(state, strict=False)
     return collect_ratios(model)
-
-
-def build_model_from_config(config: str) -> nn.Module:
-    """The (uninitialised) model of an mmdet/mmseg config, built in its scope."""
-    from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
-
-    cfg = Config.fromfile(config)
-    init_default_scope(cfg.get('default_scope', None))
-    return MODELS.build(cfg.model)
-

@@ -32,8 +32,11 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     config, checkpoint = args.paths if len(args.paths) == 2 else (None, args.paths[0])
-    records = ratios_from_checkpoint(checkpoint, config=config, mode=args.mode)
-    json_path, png_path = write_ratios(records, args.out)
+    try:
+        records = ratios_from_checkpoint(checkpoint, config=config, mode=args.mode)
+        json_path, png_path = write_ratios(records, args.out)
+    except (ValueError, OSError) as err:
+        sys.exit(f'analyze_ratios: {err}')
     print(format_summary(records))
     print(f'wrote {json_path} and {png_path}')
 

@@ -27,7 +27,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         meta = convert_checkpoint(args.src, args.dst, args.target)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         sys.exit(f'convert_checkpoint: {err}')
     print(json.dumps(meta, indent=2))
     print(f'wrote {args.dst}: {meta["arch"]} {meta["source_kind"].upper()} -> {meta["norm_type"]}, '

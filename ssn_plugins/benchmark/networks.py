@@ -7,6 +7,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from ..builder import build_model as build_config_model
+from ..builder import read_config
 from ..deploy import collapse_norms, fold_conv_bn
 from ..norm import SparseSwitchNormBase
 from .layers import latch_layer
@@ -41,16 +43,11 @@ def settle(model: nn.Module, choices: Sequence[tuple[str, str]]) -> nn.Module:
 
 def build_model(config: str, scope: str, norm: Optional[dict] = None) -> nn.Module:
     """Build the model of ``config`` (no pretrained weights) with its SN/SSN swapped for ``norm``."""
-    from mmengine.config import Config, ConfigDict
-    from mmengine.registry import MODELS, init_default_scope
-    cfg = Config.fromfile(config)
-    init_default_scope(scope)
-    model_cfg = ConfigDict(swap_norm(cfg.model.to_dict(), norm))  # mmdet reads train_cfg.rpn
-    model_cfg['backbone']['init_cfg'] = None
-    model_cfg['backbone']['norm_eval'] = False
-    if 'pretrained' in model_cfg:
-        model_cfg['pretrained'] = None
-    return MODELS.build(model_cfg)
+    from mmengine.config import ConfigDict
+    cfg = read_config(config)
+    cfg.model = ConfigDict(swap_norm(cfg.model.to_dict(), norm))  # mmdet reads train_cfg.rpn
+    cfg.model['backbone']['norm_eval'] = False
+    return build_config_model(cfg, scope, from_scratch=True)
 
 
 def _forward_fn(model: nn.Module, size: int, scope: str) -> Callable[[], object]:

@@ -3,13 +3,13 @@
 Importing it registers ``SwitchNormPretrained`` in mmengine's root
 ``WEIGHT_INITIALIZERS`` and ``ResNetReleasedStem`` in its root ``MODELS``.
 """
-from .convert import convert_checkpoint, convert_state_dict, extract_state_dict, load_source
+from .convert import convert_checkpoint, convert_state_dict
 from .layout import ConversionError, parse_resnet_v1
 from .pretrained import SwitchNormPretrained, check_state_dict, relearn_selection
 from .stem import ResNetReleasedStem, stem_pool_of, use_released_stem
 
 __all__ = [
-    'convert_checkpoint', 'convert_state_dict', 'extract_state_dict', 'load_source',
+    'convert_checkpoint', 'convert_state_dict',
     'ConversionError', 'parse_resnet_v1', 'SwitchNormPretrained', 'check_state_dict',
     'relearn_selection', 'ResNetReleasedStem', 'stem_pool_of', 'use_released_stem'
 ]

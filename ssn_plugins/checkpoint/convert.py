@@ -15,20 +15,19 @@ read from the training config stored in the file.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
+from ..fileio import read_checkpoint, read_state_dict, save_checkpoint
 from .layout import ConversionError, ResNetLayout, parse_resnet_v1
 from .training_config import training_facts
 
-__all__ = ['load_source', 'extract_state_dict', 'convert_state_dict', 'convert_checkpoint',
-           'RELEASED_SSN_STEM', 'TORCHVISION_STEM']
+__all__ = ['convert_state_dict', 'convert_checkpoint', 'RELEASED_SSN_STEM', 'TORCHVISION_STEM']
 
 CONVERTER = 'ssn_plugins.checkpoint.convert_checkpoint'
 # max-pool of the stem: released SSN models used padding 0 with ceil_mode, everything else padding 1
@@ -48,45 +47,6 @@ _MOMENTUM_NOTE = {
     'native': dict(released='n/a', pytorch="the training config's norm_cfg momentum",
                    note='trained with ssn_plugins layers, which use the PyTorch convention'),
 }
-
-
-def load_source(path: str, map_location: str = 'cpu') -> Any:
-    """``torch.load(path, weights_only=True)`` with errors that say what is wrong with the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint file not found: {path}')
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        unsafe = re.search(r'Unsupported global: GLOBAL (\S+)', str(err))
-        if unsafe:
-            raise ValueError(
-                f'{path} holds a Python object ({unsafe.group(1)}) that torch.load(weights_only=True) '
-                f'refuses to unpickle. If you trust the file, re-save its weights only: '
-                f'torch.save(torch.load(SRC, weights_only=False)["state_dict"], NEW)') from err
-        raise ValueError(f'{path} is not a readable PyTorch checkpoint (corrupted or truncated?): '
-                         f'{str(err).splitlines()[-1][:200]}') from err
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
-        raise ValueError(f'{path} is not a readable PyTorch checkpoint (corrupted or truncated?): '
-                         f'{type(err).__name__}: {err}') from err
-
-
-def extract_state_dict(checkpoint: Any, where: str = 'checkpoint') -> 'OrderedDict[str, Tensor]':
-    """The weights of a checkpoint: ``checkpoint['state_dict']`` or the dict itself, ``module.`` stripped."""
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(f'{where} holds a {type(checkpoint).__name__}, expected a dict of tensors')
-    sd = checkpoint.get('state_dict', checkpoint)
-    if sd is checkpoint and not all(isinstance(v, Tensor) for v in sd.values()):
-        # training snapshots name their weights 'state_dict' (released) or 'model' (Detectron)
-        sd = checkpoint.get('model', checkpoint)
-    if not isinstance(sd, Mapping) or not sd:
-        raise ValueError(f'{where} has no state dict; top-level keys: {sorted(map(str, checkpoint))}')
-    not_tensors = sorted(k for k, v in sd.items() if not isinstance(v, Tensor))
-    if not_tensors:
-        raise ValueError(f'{where}: state dict entries that are not tensors: {not_tensors[:20]}')
-    out = OrderedDict()
-    for key, value in sd.items():
-        out[re.sub(r'^module\.', '', key)] = value
-    return out
 
 
 def _strip_backbone(sd: 'OrderedDict[str, Tensor]') -> tuple['OrderedDict[str, Tensor]', list[str]]:
@@ -218,19 +178,19 @@ def _record_training(meta: dict, checkpoint) -> None:
 def convert_checkpoint(src: str, dst: str, target: Optional[str] = None) -> dict:
     """Convert the file ``src`` and write ``{'meta', 'state_dict'}`` to ``dst``; returns the meta.
 
-    The written file is read back with ``weights_only=True`` before returning.
+    ``dst`` is written whole or not at all (a failed write leaves an old
+    ``dst`` as it was) and read back with ``weights_only=True`` before returning.
     """
-    checkpoint = load_source(src)
+    checkpoint = read_checkpoint(src)
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('meta'), Mapping) \
             and checkpoint['meta'].get('converter') == CONVERTER:
         raise ValueError(f'{src} is already converted (meta.converter = {CONVERTER}): load it with '
                          f"init_cfg=dict(type='SwitchNormPretrained', checkpoint='{src}')")
-    state_dict = extract_state_dict(checkpoint, where=src)
+    state_dict = read_state_dict(checkpoint, where=src)
     converted, meta = convert_state_dict(state_dict, target)
     _record_training(meta, checkpoint)
     meta['source'] = os.path.basename(src)
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    torch.save({'meta': meta, 'state_dict': converted}, dst)
-    reread = load_source(dst)
+    save_checkpoint({'meta': meta, 'state_dict': converted}, dst)
+    reread = read_checkpoint(dst)
     assert set(reread['state_dict']) == set(converted), 'converted file did not round-trip'
     return meta

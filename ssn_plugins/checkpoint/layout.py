@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from ..fileio import format_keys
+
 __all__ = ['ResNetLayout', 'NORM_ENTRIES', 'parse_resnet_v1', 'ConversionError']
 
 # depth by (block type, blocks per stage), as in torchvision and mmdet/mmseg ResNet
@@ -63,12 +65,6 @@ class ResNetLayout:
         return f'resnet{self.depth}_v1'
 
 
-def _fmt(keys, limit: int = 40) -> str:
-    keys = sorted(keys)
-    shown = ', '.join(keys[:limit])
-    return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
-
-
 def _modules(stage_blocks: tuple[int, ...], block: str, abbr: str) -> tuple[list[str], dict[str, str]]:
     convs, norms = ['conv1'], {f'{abbr}1': 'conv1'}
     n_convs = 3 if block == 'bottleneck' else 2
@@ -94,7 +90,7 @@ def _detect_kind(keys: list[str]) -> str:
     if 'running_mean' in entries:
         return 'bn'
     raise ConversionError('cannot tell the source kind: no norm layer with running_mean, '
-                          'mean_weight or radius found; keys: ' + _fmt(keys))
+                          'mean_weight or radius found; keys: ' + format_keys(keys))
 
 
 def parse_resnet_v1(state_dict: dict[str, Tensor]) -> ResNetLayout:
@@ -109,9 +105,9 @@ def parse_resnet_v1(state_dict: dict[str, Tensor]) -> ResNetLayout:
     if v2:
         raise ConversionError(
             'pre-activation (ResNet v2) checkpoint: mmdet/mmseg ResNet is v1 and has no module for '
-            'these keys (a shortcut without norm, a final norm before pooling): ' + _fmt(v2))
+            'these keys (a shortcut without norm, a final norm before pooling): ' + format_keys(v2))
     if not any(k.startswith('conv1.') for k in keys):
-        raise ConversionError('not a ResNet v1 with a 7x7 stem: no conv1.weight; keys: ' + _fmt(keys))
+        raise ConversionError('not a ResNet v1 with a 7x7 stem: no conv1.weight; keys: ' + format_keys(keys))
     abbrs = {m.group(1) for k in keys if (m := re.match(r'(sn|bn)1\.', k))}
     if len(abbrs) != 1:
         raise ConversionError(f'expected one stem norm named sn1 or bn1, found {sorted(abbrs) or "none"}')
@@ -146,9 +142,9 @@ def parse_resnet_v1(state_dict: dict[str, Tensor]) -> ResNetLayout:
     if unexpected or missing:
         lines = [f'{kind.upper()} ResNet-{depth} v1 checkpoint does not map completely']
         if unexpected:
-            lines.append('keys with no place in the network: ' + _fmt(unexpected))
+            lines.append('keys with no place in the network: ' + format_keys(unexpected))
         if missing:
-            lines.append('missing keys: ' + _fmt(missing))
+            lines.append('missing keys: ' + format_keys(missing))
         raise ConversionError('; '.join(lines))
     layout = ResNetLayout(depth, block, tuple(stage_blocks), abbr, kind, k_logits, convs, norms, native)
     _check_shapes(state_dict, layout)
@@ -175,4 +171,4 @@ def _check_shapes(sd: dict[str, Tensor], layout: ResNetLayout) -> None:
             if key in sd and sd[key].numel() != 1:
                 bad.append(f'{key} {tuple(sd[key].shape)} (expected one value)')
     if bad:
-        raise ConversionError('tensors with the wrong shape: ' + _fmt(bad))
+        raise ConversionError('tensors with the wrong shape: ' + format_keys(bad))

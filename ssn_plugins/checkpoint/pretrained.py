@@ -19,8 +19,8 @@ from mmengine.model.weight_init import update_init_info
 from mmengine.registry import WEIGHT_INITIALIZERS
 from torch import nn
 
+from ..fileio import format_keys, read_checkpoint, read_state_dict
 from ..norm.switch_norm import SparseSwitchNormBase
-from .convert import extract_state_dict, load_source
 from .stem import stem_pool_of
 
 __all__ = ['SwitchNormPretrained', 'check_state_dict', 'relearn_selection', 'SOFT_LOGIT']
@@ -29,11 +29,6 @@ __all__ = ['SwitchNormPretrained', 'check_state_dict', 'relearn_selection', 'SOF
 # choice (1 + 2s)/3 and the others (1 - s)/3 each, a dense point with gradients
 SOFT_LOGIT = 0.5
 _RELEARN_LOGITS = ('soft', 'uniform', 'keep')
-
-
-def _fmt(items, limit: int = 30) -> str:
-    items = sorted(items)
-    return ', '.join(items[:limit]) + (f', ... ({len(items) - limit} more)' if len(items) > limit else '')
 
 
 def check_state_dict(module: nn.Module, state_dict: dict, source: str = 'checkpoint') -> None:
@@ -51,11 +46,11 @@ def check_state_dict(module: nn.Module, state_dict: dict, source: str = 'checkpo
         return
     lines = [f'{source} does not fit {type(module).__name__} exactly']
     if missing:
-        lines.append(f'missing (left unloaded): {_fmt(missing)}')
+        lines.append(f'missing (left unloaded): {format_keys(missing)}')
     if unexpected:
-        lines.append(f'unexpected: {_fmt(unexpected)}')
+        lines.append(f'unexpected: {format_keys(unexpected)}')
     if mismatched:
-        lines.append(f'size mismatch: {_fmt(mismatched)}')
+        lines.append(f'size mismatch: {format_keys(mismatched)}')
     if any(k.endswith(('.mean_fixed', '.var_fixed')) for k in state_dict) or any(
             k.endswith('.weight') and v.dim() == 4 and v.shape[0] == 1 and v.shape[2:] == (1, 1)
             for k, v in state_dict.items()):
@@ -152,9 +147,9 @@ class SwitchNormPretrained:
                 f'    python tools/convert_checkpoint.py SRC {path}\n'
                 f'(SRC: the downloaded .pth, e.g. from github.com/switchablenorms), or set the '
                 f'backbone init_cfg=None to train from scratch')
-        ckpt = load_source(os.path.expanduser(path), map_location=self.map_location)
+        ckpt = read_checkpoint(os.path.expanduser(path), map_location=self.map_location)
         meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
-        state_dict = extract_state_dict(ckpt, where=path)
+        state_dict = read_state_dict(ckpt, where=path)
         if self.prefix is not None:
             prefix = self.prefix if self.prefix.endswith('.') else self.prefix + '.'
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}

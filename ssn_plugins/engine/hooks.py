@@ -10,22 +10,18 @@ from __future__ import annotations
 from typing import Iterator, Optional
 
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import nn
 
+from ..builder import unwrap_model
 from ..norm.switch_norm import SparseSwitchNormBase, is_switch_norm, update_choices
 
 __all__ = ['SSNRadiusHook', 'SwitchNormEvalHook', 'radius_at', 'apply_norm_eval']
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if is_model_wrapper(model) else model
-
-
 def sparse_switch_norms(model: nn.Module) -> Iterator[SparseSwitchNormBase]:
     """Every SSN layer of ``model`` (any rank, synced or not)."""
-    return (m for m in _unwrap(model).modules() if isinstance(m, SparseSwitchNormBase))
+    return (m for m in unwrap_model(model).modules() if isinstance(m, SparseSwitchNormBase))
 
 
 def radius_at(iteration: int, max_radius: float, start: int, end: int) -> float:
@@ -72,10 +68,10 @@ class SSNRadiusHook(Hook):
         runner.message_hub.update_scalar('train/ssn_radius', radius)
 
     def before_train(self, runner) -> None:
-        update_choices(_unwrap(runner.model))
+        update_choices(unwrap_model(runner.model))
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        update_choices(_unwrap(runner.model))
+        update_choices(unwrap_model(runner.model))
 
 
 def apply_norm_eval(model: nn.Module) -> int:
@@ -85,7 +81,7 @@ def apply_norm_eval(model: nn.Module) -> int:
     and SSN deliberately are not.  Returns how many layers were switched.
     """
     switched = 0
-    for module in _unwrap(model).modules():
+    for module in unwrap_model(model).modules():
         if getattr(module, 'norm_eval', False) and module.training:
             for layer in module.modules():
                 if is_switch_norm(layer) and layer.training:

@@ -20,6 +20,7 @@ from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from ..fileio import unsafe_global
 from .checkpoint_io import add_safe_checkpoint_hook
 from .compile import add_compile_hooks
 from .distributed import setup_cpu_distributed
@@ -125,11 +126,14 @@ def _explain_unsafe_checkpoint(path: Optional[str]) -> Iterator[None]:
     try:
         yield
     except pickle.UnpicklingError as err:
+        found = unsafe_global(err)
+        what = (f'a disallowed Python global ({found})' if found else
+                'pickled objects that are not tensors/containers')
         raise pickle.UnpicklingError(
-            f'torch.load(weights_only=True) refused {path or "the checkpoint"}: it holds pickled '
-            'objects that are not tensors/containers, so it was not written by these tools '
-            '(SafeCheckpointHook) and may run code when loaded. It is not loaded; if it comes from '
-            f'a trusted mmengine run, re-save it as weights only. Original error: {err}') from err
+            f'torch.load(weights_only=True) refused {path or "the checkpoint"}: it holds {what}, so it '
+            'was not written by these tools (SafeCheckpointHook) and may run code when loaded. '
+            'Nothing was loaded; if it comes from a trusted mmengine run, re-save it as weights only. '
+            f'Original error: {err}') from err
 
 
 def train(cfg: Config) -> Runner:

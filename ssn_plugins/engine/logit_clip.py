@@ -21,7 +21,7 @@ from mmengine.registry import HOOKS
 from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
-from .hooks import _unwrap
+from ..builder import unwrap_model
 from ..norm.switch_norm import is_switch_norm
 
 __all__ = ['SwitchNormLogitClipHook', 'SSNLogitClipHook', 'switch_norm_logits']
@@ -29,7 +29,7 @@ __all__ = ['SwitchNormLogitClipHook', 'SSNLogitClipHook', 'switch_norm_logits']
 
 def switch_norm_logits(model: nn.Module) -> list[nn.Parameter]:
     """``mean_weight`` and ``var_weight`` of every SN/SSN layer of ``model``."""
-    return [p for m in _unwrap(model).modules() if is_switch_norm(m)
+    return [p for m in unwrap_model(model).modules() if is_switch_norm(m)
             for p in (m.mean_weight, m.var_weight)]
 
 

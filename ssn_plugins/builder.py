@@ -1,0 +1,50 @@
+"""Models from mmdet/mmseg configs, and the model inside a wrapper: one place for both."""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Optional, Union
+
+from mmengine.config import Config
+from mmengine.model import is_model_wrapper
+from mmengine.registry import MODELS, init_default_scope
+from torch import nn
+
+__all__ = ['read_config', 'build_model', 'unwrap_model']
+
+
+def read_config(config: Union[str, Config]) -> Config:
+    """``Config.fromfile(config)``, or ``config`` itself if it is already a ``Config``."""
+    if isinstance(config, Config):
+        return config
+    if not os.path.isfile(config):
+        raise FileNotFoundError(f'config file not found: {config}')
+    return Config.fromfile(config)
+
+
+def build_model(config: Union[str, Config], scope: Optional[str] = None,
+                from_scratch: bool = False) -> nn.Module:
+    """The (uninitialised) model of ``config``, built in its registry scope.
+
+    Args:
+        config: a config file or a loaded ``Config``.
+        scope: ``'mmdet'``, ``'mmseg'``, ...; default the config's
+            ``default_scope``.
+        from_scratch: no pretrained weights: ``backbone.init_cfg`` and the
+            model's ``pretrained`` are set to None (they would need a download).
+    """
+    cfg = read_config(config)
+    model_cfg = cfg.model
+    if from_scratch:
+        model_cfg = copy.deepcopy(model_cfg)
+        if 'backbone' in model_cfg:
+            model_cfg['backbone']['init_cfg'] = None
+        if 'pretrained' in model_cfg:
+            model_cfg['pretrained'] = None
+    init_default_scope(scope or cfg.get('default_scope', None) or 'mmengine')
+    return MODELS.build(model_cfg)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside a DDP (or other mmengine) wrapper, else ``model``."""
+    return model.module if is_model_wrapper(model) else model
