@@ -9,21 +9,24 @@ import runpy
 import sys
 
 import pytest
-
-try:  # mmpretrain imports torchvision, which must be built for the installed torch
-    import mmpretrain
-    import mmpretrain.models  # noqa: F401
-except ImportError as err:
-    pytest.skip(f'mmpretrain cannot be imported ({err}); install torchvision built for this torch',
-                allow_module_level=True)
 import torch
 from mmcv.cnn import build_norm_layer
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope, init_default_scope
-from mmpretrain import registry as pretrain_registry
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+try:  # mmpretrain imports torchvision, which must be the build for the installed torch
+    import mmpretrain
+    import mmpretrain.models  # noqa: F401  (imports torchvision)
+    from mmpretrain import registry as pretrain_registry
+    MMPRETRAIN_ERROR = None
+except ImportError as err:
+    MMPRETRAIN_ERROR = err
+needs_mmpretrain = pytest.mark.skipif(
+    MMPRETRAIN_ERROR is not None,
+    reason=f'mmpretrain cannot be imported ({MMPRETRAIN_ERROR}): install the torchvision built for this torch')
 
 import ssn_plugins
 from ssn_plugins.checkpoint.convert import RELEASED_SSN_STEM, TORCHVISION_STEM
@@ -56,6 +59,7 @@ def _schedule(iters):
             f'default_hooks.checkpoint.interval={iters}']
 
 
+@needs_mmpretrain
 def test_our_names_resolve_in_mmpretrain_scope():
     """A config with default_scope='mmpretrain' finds the layers, hooks and the initializer."""
     with DefaultScope.overwrite_default_scope('mmpretrain'):
@@ -88,10 +92,9 @@ def test_imagenet_configs_are_shipped():
 
 
 @pytest.mark.parametrize('path', PRETRAIN_CONFIGS, ids=lambda p: osp.basename(p)[:-3])
-def test_imagenet_config_builds_with_the_released_recipe(path):
+def test_imagenet_config_follows_the_released_recipe(path):
     cfg = Config.fromfile(path)
     assert cfg.default_scope == 'mmpretrain'
-    init_default_scope('mmpretrain')
     family = _norm_family(path)
     sparse = family.endswith('SSN')
     per_gpu = cfg.train_dataloader.batch_size
@@ -115,7 +118,20 @@ def test_imagenet_config_builds_with_the_released_recipe(path):
         assert hooks['SwitchRecipeHook']['schedule'][0]['action_epoch'] == 96  # last 5 of 100 epochs
     else:
         assert 'SSNRadiusHook' not in hooks
+    backbone = cfg.model.backbone
+    assert backbone.depth == (101 if 'resnet101' in path else 50) and backbone.zero_init_residual
+    assert backbone.type == ('ResNetReleasedStem' if sparse else 'ResNet')
+    assert backbone.norm_cfg == (dict(type=family, momentum=0.003) if sparse else dict(type='SN'))
 
+
+@needs_mmpretrain
+@pytest.mark.parametrize('path', PRETRAIN_CONFIGS, ids=lambda p: osp.basename(p)[:-3])
+def test_imagenet_config_builds_with_its_optimizer_groups(path):
+    cfg = Config.fromfile(path)
+    init_default_scope('mmpretrain')
+    family = _norm_family(path)
+    sparse = family.endswith('SSN')
+    optimizer = cfg.optim_wrapper.optimizer
     model = pretrain_registry.MODELS.build(cfg.model)
     backbone = model.backbone
     assert backbone.depth == (101 if 'resnet101' in path else 50)
@@ -157,6 +173,7 @@ def _backbone_state(path):
     return {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
 
 
+@needs_mmpretrain
 def test_classifier_backbone_carries_over_to_the_detector(shapes_dir):
     """The issue-13 path on the demo: classify, convert, load strictly into Mask R-CNN, train a step."""
     work = shapes_dir / 'cls'
@@ -208,43 +225,64 @@ def test_classifier_backbone_carries_over_to_the_detector(shapes_dir):
     assert not torch.equal(after['layer4.1.conv2.weight'], trained['layer4.1.conv2.weight'])  # it trained
 
 
-@pytest.mark.parametrize('kind, backbone_type', [('SSN', 'ResNetReleasedStem'), ('SN', 'ResNet')])
-def test_mmpretrain_checkpoint_converts_for_mmdet_resnet(tmp_path, kind, backbone_type):
-    """An ImageClassifier file (backbone., head., the training config as text) loads strictly into mmdet's ResNet."""
-    init_default_scope('mmpretrain')
+def _classifier_state(kind, backbone_type):
+    """The state dict of an mmpretrain ImageClassifier with an SN/SSN ResNet-18 (quarter width).
+
+    Built with mmpretrain where it imports; else the backbone is mmdet's
+    ResNet, whose keys are those of mmpretrain's (the end-to-end test checks
+    that on a real mmpretrain checkpoint), and the head a linear layer.
+    """
     norm = dict(type=kind)
     model_cfg = dict(type='ImageClassifier',
                      backbone=dict(type=backbone_type, depth=18, stem_channels=16, base_channels=16,
                                    norm_cfg=norm, out_indices=(3, )),
                      neck=dict(type='GlobalAveragePooling'),
                      head=dict(type='LinearClsHead', num_classes=5, in_channels=128))
-    classifier = pretrain_registry.MODELS.build(model_cfg)
+    if MMPRETRAIN_ERROR is None:
+        init_default_scope('mmpretrain')
+        model = pretrain_registry.MODELS.build(model_cfg)
+        backbone = model.backbone
+    else:
+        init_default_scope('mmdet')
+        from mmdet.registry import MODELS as DET_MODELS
+        backbone = DET_MODELS.build(dict(type=backbone_type, depth=18, base_channels=16, norm_cfg=norm))
+        model = nn.Module()
+        model.backbone, model.head = backbone, nn.Module()
+        model.head.fc = nn.Linear(128, 5)
     if kind == 'SSN':
-        classifier.backbone.sn1.latch('bn', 'in')
-        classifier.backbone.layer3[1].sn2.latch(1, 2)
-        for i, layer in enumerate(m for m in classifier.modules() if isinstance(m, SparseSwitchNormBase)):
+        backbone.sn1.latch('bn', 'in')
+        backbone.layer3[1].sn2.latch(1, 2)
+        for i, layer in enumerate(m for m in backbone.modules() if isinstance(m, SparseSwitchNormBase)):
             layer.set_radius(0.01 * i)
     with torch.no_grad():
-        for p in classifier.parameters():
+        for p in model.parameters():
             p.normal_()
     text = Config(dict(default_scope='mmpretrain', model=model_cfg)).pretty_text
+    return model.state_dict(), text
+
+
+@pytest.mark.parametrize('kind, backbone_type', [('SSN', 'ResNetReleasedStem'), ('SN', 'ResNet')])
+def test_mmpretrain_checkpoint_converts_for_mmdet_resnet(tmp_path, kind, backbone_type):
+    """An ImageClassifier file (backbone., head., the training config as text) loads strictly into mmdet's ResNet."""
+    state, text = _classifier_state(kind, backbone_type)
     src = str(tmp_path / 'epoch_100.pth')
-    torch.save({'meta': {'cfg': text, 'epoch': 100}, 'state_dict': classifier.state_dict(),
+    torch.save({'meta': {'cfg': text, 'epoch': 100}, 'state_dict': state,
                 'optimizer': {'state': {}, 'param_groups': []}}, src)
     dst = str(tmp_path / 'backbone.pth')
     meta = ssn_plugins.convert_checkpoint(src, dst)
     assert meta['norm_type'] == kind and meta['depth'] == 18
     assert meta['training'] == dict(default_scope='mmpretrain', model='ImageClassifier', backbone=backbone_type)
     assert meta['stem_pool'] == (RELEASED_SSN_STEM if backbone_type == 'ResNetReleasedStem' else TORCHVISION_STEM)
+    assert meta['dropped_keys'] == ['head.fc.bias', 'head.fc.weight']
     if kind == 'SSN':
         assert meta['latched'] == dict(mean=2, var=2)
 
     init_default_scope('mmdet')
     from mmdet.registry import MODELS as DET_MODELS
-    backbone = DET_MODELS.build(dict(type=backbone_type, depth=18, base_channels=16, norm_cfg=norm,
+    backbone = DET_MODELS.build(dict(type=backbone_type, depth=18, base_channels=16, norm_cfg=dict(type=kind),
                                      init_cfg=dict(type='SwitchNormPretrained', checkpoint=dst)))
     backbone.init_weights()
-    expected = {k[len('backbone.'):]: v for k, v in classifier.state_dict().items() if k.startswith('backbone.')}
+    expected = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
     loaded = backbone.state_dict()
     assert set(loaded) == set(expected)
     for key, value in expected.items():
@@ -254,16 +292,25 @@ def test_mmpretrain_checkpoint_converts_for_mmdet_resnet(tmp_path, kind, backbon
         assert int(backbone.layer3[1].sn2.var_choice) == 2
 
 
-def test_bad_choice_in_our_layout_is_refused(tmp_path):
-    init_default_scope('mmpretrain')
-    backbone = pretrain_registry.MODELS.build(
-        dict(type='ResNet', depth=18, stem_channels=8, base_channels=8, norm_cfg=dict(type='SSN')))
-    state = {f'backbone.{k}': v for k, v in backbone.state_dict().items()}
+def test_without_its_config_our_checkpoint_gets_the_plain_stem(tmp_path):
+    """A bare state dict of our layers says nothing of the pool: the one of mmdet/mmseg/mmpretrain ResNet."""
+    state, _ = _classifier_state('SSN', 'ResNetReleasedStem')
+    _, meta = ssn_plugins.checkpoint.convert_state_dict(state)
+    assert meta['stem_pool'] == TORCHVISION_STEM and 'training' not in meta
+    # a config that is not Python is ignored, never run
+    src = str(tmp_path / 'ckpt.pth')
+    torch.save({'meta': {'cfg': 'import os; os.remove(1) +'}, 'state_dict': state}, src)
+    assert 'training' not in ssn_plugins.convert_checkpoint(src, str(tmp_path / 'out.pth'))
+
+
+def test_bad_choice_in_our_layout_is_refused():
+    state, _ = _classifier_state('SSN', 'ResNet')
     state['backbone.layer2.0.sn1.mean_choice'] = torch.tensor(3)
     with pytest.raises(ssn_plugins.checkpoint.ConversionError, match=r'layer2\.0\.sn1\.mean_choice is 3'):
         ssn_plugins.checkpoint.convert_state_dict(state)
 
 
+@needs_mmpretrain
 def test_mmpretrain_own_train_tool_trains_the_demo(shapes_dir, monkeypatch):
     """mmpretrain's tools/train.py (shipped in the wheel) runs the classification demo config."""
     tool = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'tools', 'train.py')
