@@ -320,3 +320,16 @@ def test_mmpretrain_own_train_tool_trains_the_demo(shapes_dir, monkeypatch):
     runpy.run_path(tool, run_name='__main__')
     state = torch.load(osp.join(work, 'iter_2.pth'), map_location='cpu', weights_only=True)
     assert state['meta']['iter'] == 2 and 'backbone.sn1.mean_weight' in state['state_dict']
+
+
+def test_analyze_ratios_reads_a_classifier_checkpoint(tmp_path):
+    """tools/analyze_ratios.py on an ImageClassifier file: backbone. layers, latched choices as stored."""
+    state, text = _classifier_state('SSN', 'ResNet')
+    src = str(tmp_path / 'epoch_1.pth')
+    torch.save({'meta': {'cfg': text}, 'state_dict': state}, src)
+    _tool('analyze_ratios').main([src, '--out', str(tmp_path / 'ratios')])
+    records = {r['name']: r for r in json.load(open(tmp_path / 'ratios' / 'ratios.json'))}
+    assert len(records) == 20 and all(name.startswith('backbone.') for name in records)
+    stem = records['backbone.sn1']
+    assert stem['latched'] and stem['mean'] == [0.0, 0.0, 1.0] and stem['var'] == [1.0, 0.0, 0.0]
+    assert not records['backbone.layer1.0.sn1']['latched']
