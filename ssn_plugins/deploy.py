@@ -15,22 +15,26 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.model.utils import _BatchNormXd
-from mmengine.registry import MODELS, init_default_scope
-from mmengine.runner import load_checkpoint
+from mmengine.registry import MODELS
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .builder import build_model, read_config
+from .checkpoint.pretrained import check_state_dict
+from .fileio import read_checkpoint, read_state_dict, replacing, torch_save
+from .onnx_export import export_onnx
 from .norm.switch_norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
                                SparseSwitchNormBase, SwitchNormBase)
 
 __all__ = ['InstanceNorm', 'collapse_norms', 'collapse_plan', 'plain_norm', 'fold_conv_bn', 'build_collapsed',
-           'deploy_checkpoint']
+           'deploy_checkpoint', 'Deployed']
 
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _SSN = {1: SparseSwitchNorm1d, 2: SparseSwitchNorm2d, 3: SparseSwitchNorm3d}
@@ -228,36 +232,77 @@ def build_collapsed(model: dict,
 MODELS.register_module('CollapsedNorms', module=build_collapsed)
 
 
+@dataclass
+class Deployed:
+    """What :func:`deploy_checkpoint` wrote: paths, and the ONNX check when asked for."""
+    checkpoint: str
+    config: str
+    onnx: Optional[str] = None
+    onnx_report: Optional[dict] = None  # see ssn_plugins.onnx_export.export_onnx
+
+
+def _deploy_paths(config: Union[str, Config], checkpoint: str, out: str,
+                  onnx: Optional[str]) -> list[str]:
+    """``[OUT, OUT.py(, ONNX)]``, refusing names that would overwrite an input or each other."""
+    if os.path.splitext(out)[1] == '.py':
+        raise ValueError(f'OUT {out} ends in .py, but the deployed config is written to OUT with '
+                         f'the suffix .py, so it would overwrite the checkpoint: name it e.g. '
+                         f'{os.path.splitext(out)[0]}.pth')
+    paths = [out, os.path.splitext(out)[0] + '.py'] + ([onnx] if onnx else [])
+    inputs = {os.path.abspath(checkpoint): 'the input checkpoint'}
+    if isinstance(config, str):
+        inputs[os.path.abspath(config)] = 'the input config'
+    for path in paths:
+        if os.path.abspath(path) in inputs:
+            raise ValueError(f'deploy would write {path} over {inputs[os.path.abspath(path)]}: '
+                             'choose another OUT')
+    return paths
+
+
 def deploy_checkpoint(config: Union[str, Config],
                       checkpoint: str,
                       out: str,
-                      fuse_conv: bool = True) -> tuple[str, str]:
-    """Collapse a trained checkpoint of ``config``; write ``out`` and a config beside it.
+                      fuse_conv: bool = True,
+                      onnx: Optional[str] = None,
+                      onnx_shape: Optional[Sequence[int]] = None) -> Deployed:
+    """Collapse a trained checkpoint of ``config``; write ``out``, a config beside it, and ONNX.
 
-    Returns ``(checkpoint_path, config_path)``: ``out`` holds the collapsed
-    ``state_dict`` (plain tensors, loads with ``weights_only=True``) and
-    ``out`` with the suffix ``.py`` a config whose model is
-    ``CollapsedNorms(original model, plan)``, so
-    ``tools/test.py OUT.py OUT`` evaluates the deployed network.
+    ``out`` holds the collapsed ``state_dict`` (plain tensors, loads with
+    ``weights_only=True``) and ``out`` with the suffix ``.py`` a config whose
+    model is ``CollapsedNorms(original model, plan)``, so
+    ``tools/test.py OUT.py OUT`` evaluates the deployed network.  With
+    ``onnx``, the collapsed model is also exported there (image ``onnx_shape``
+    (H, W); see :mod:`ssn_plugins.onnx_export`) and checked in onnxruntime.
+
+    The files are written as temporaries beside their destinations and
+    renamed over them only when all were written, so a failure leaves an
+    older deployment whole (:func:`ssn_plugins.fileio.replacing`; only a
+    crash between the renames could leave a new checkpoint beside an old
+    config).
     """
-    cfg = config if isinstance(config, Config) else Config.fromfile(config)
-    init_default_scope(cfg.get('default_scope', 'mmengine'))
-    model = MODELS.build(cfg.model)
-    loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=True,
-                             logger='current')
+    cfg = read_config(config)
+    paths = _deploy_paths(config, checkpoint, out, onnx)
+    source = read_checkpoint(checkpoint)
+    state = read_state_dict(source, where=checkpoint)
+    model = build_model(cfg)
+    check_state_dict(model, state, source=checkpoint)  # exact, up to num_batches_tracked
+    model.load_state_dict(state, strict=False)
     model.eval()
     plan = collapse_plan(model)
-    collapse_norms(model, fuse_conv)
+    with torch.no_grad():
+        collapse_norms(model, fuse_conv)
     meta = {}
-    if isinstance(loaded, dict) and isinstance(loaded.get('meta'), dict) and \
-            'dataset_meta' in loaded['meta']:
-        meta['dataset_meta'] = loaded['meta']['dataset_meta']
-    out_dir = os.path.dirname(os.path.abspath(out))
-    os.makedirs(out_dir, exist_ok=True)
-    torch.save({'state_dict': model.state_dict(), 'meta': meta}, out)
+    if isinstance(source.get('meta'), dict) and 'dataset_meta' in source['meta']:
+        meta['dataset_meta'] = source['meta']['dataset_meta']
     deployed = copy.deepcopy(cfg)
     deployed.model = dict(type='CollapsedNorms', model=cfg.model.to_dict(), plan=plan,
                           fuse_conv=fuse_conv)
-    config_path = os.path.splitext(out)[0] + '.py'
-    deployed.dump(config_path)
-    return out, config_path
+    report = None
+    with replacing(*paths) as temps:
+        torch_save({'state_dict': model.state_dict(), 'meta': meta}, temps[0])
+        deployed.dump(temps[1])
+        if onnx:
+            report = export_onnx(model, cfg, temps[2], onnx_shape)
+            report['path'] = os.path.abspath(onnx)
+    return Deployed(os.path.abspath(out), os.path.abspath(paths[1]),
+                    os.path.abspath(onnx) if onnx else None, report)

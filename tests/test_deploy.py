@@ -221,3 +221,64 @@ def test_collapsed_layers_take_one_by_one_maps(choice):
     collapse_norms(model, fuse_conv=False)
     # the dense path's y = x * rsqrt(eps) + shift loses ~1e-4 in float32 when var = 0
     torch.testing.assert_close(model(x), y, atol=5e-4, rtol=0)
+
+
+SEG_DEMO = os.path.join(ROOT, 'configs', 'demo', 'fcn_r18-ssn_demo.py')
+
+
+def test_onnx_export_of_the_segmentation_demo_matches_mmseg(tmp_path):
+    """Image to logits in onnxruntime equals mmseg's own preprocessing and predict, to 1e-4."""
+    import onnx
+    import onnxruntime
+    from mmseg.structures import SegDataSample
+    torch.manual_seed(0)
+    _, model = _build(SEG_DEMO, 'mmseg')
+    # IN (GroupNorm(C, C)), LN, BN and a mixed choice; each mixed layer costs export time
+    model = _settle(model, [('in', 'in'), ('ln', 'ln'), ('bn', 'bn'), ('in', 'in'), ('bn', 'in')]).eval()
+    checkpoint = str(tmp_path / 'trained.pth')
+    torch.save({'state_dict': model.state_dict()}, checkpoint)
+    size = 64
+    done = deploy.deploy_checkpoint(SEG_DEMO, checkpoint, str(tmp_path / 'deployed.pth'),
+                                    onnx=str(tmp_path / 'deployed.onnx'), onnx_shape=(size, size))
+    assert done.onnx_report['max_abs_diff'] <= 1e-4 and done.onnx_report['kind'] == 'segmentor'
+
+    graph = onnx.load(done.onnx).graph
+    assert {n.domain for n in graph.node} <= {'', 'ai.onnx'}
+    cfg = Config.fromfile(done.config)
+    init_default_scope('mmseg')
+    deployed = MODELS.build(dict(cfg.model, data_preprocessor=cfg.get('data_preprocessor'))).eval()
+    load_checkpoint(deployed, done.checkpoint, strict=True)
+    assert any(isinstance(m, deploy.InstanceNorm) for m in deployed.modules())  # GroupNorm(C, C)
+    # reference: a fresh image through mmseg's data preprocessor (BGR -> RGB, normalise) and predict
+    image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8)
+    sample = SegDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size)))
+    data = deployed.data_preprocessor(dict(inputs=[image], data_samples=[sample]), False)
+    with torch.no_grad():
+        expected = deployed.predict(data['inputs'], data['data_samples'])[0].seg_logits.data
+    session = onnxruntime.InferenceSession(done.onnx, providers=['CPUExecutionProvider'])
+    (got, ) = session.run(None, {'image': image[None].float().numpy()})
+    assert got.shape == (1, 4, size, size)
+    assert (torch.from_numpy(got[0]) - expected).abs().max() <= 1e-4
+
+
+def test_onnx_export_of_a_detector_covers_backbone_neck_and_rpn(tmp_path):
+    from ssn_plugins.onnx_export import export_onnx
+    torch.manual_seed(0)
+    cfg, model = _build(_config(tmp_path, MASK_RCNN), 'mmdet')
+    model = collapse_norms(_settle(model, [('in', 'in'), ('bn', 'bn'), ('ln', 'ln')]).eval())
+    report = export_onnx(model, cfg, str(tmp_path / 'det.onnx'), shape=(64, 64))
+    # 5 FPN levels, then RPN scores and box deltas per level
+    assert report['kind'] == 'detector' and report['outputs'] == 15
+    assert report['max_abs_diff'] <= 1e-4
+
+
+def test_custom_onnx_operators_are_named():
+    from onnx import helper
+    from ssn_plugins.onnx_export import check_standard_ops
+    node = helper.make_node('FusedConv', ['x'], ['y'], domain='com.microsoft')
+    graph = helper.make_graph([node], 'g', [helper.make_tensor_value_info('x', 1, [1])],
+                              [helper.make_tensor_value_info('y', 1, [1])])
+    with pytest.raises(ValueError, match='com.microsoft::FusedConv'):
+        check_standard_ops(helper.make_model(graph))
+    check_standard_ops(helper.make_model(helper.make_graph(
+        [helper.make_node('Relu', ['x'], ['y'])], 'g', graph.input, graph.output)))
