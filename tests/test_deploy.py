@@ -244,6 +244,7 @@ def test_onnx_export_of_the_segmentation_demo_matches_mmseg(tmp_path):
 
     graph = onnx.load(done.onnx).graph
     assert {n.domain for n in graph.node} <= {'', 'ai.onnx'}
+    assert 'InstanceNormalization' in {n.op_type for n in graph.node}  # GroupNorm(C, C) and (1, C)
     cfg = Config.fromfile(done.config)
     init_default_scope('mmseg')
     deployed = MODELS.build(dict(cfg.model, data_preprocessor=cfg.get('data_preprocessor'))).eval()
