@@ -29,7 +29,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .builder import build_model, read_config
 from .checkpoint.pretrained import check_state_dict
 from .fileio import read_checkpoint, read_state_dict, replacing, torch_save
-from .onnx_export import export_onnx
+from .onnx_export import export_onnx, require_onnx
 from .norm.switch_norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
                                SparseSwitchNormBase, SwitchNormBase)
 
@@ -282,6 +282,8 @@ def deploy_checkpoint(config: Union[str, Config],
     """
     cfg = read_config(config)
     paths = _deploy_paths(config, checkpoint, out, onnx)
+    if onnx:
+        require_onnx()  # before the work, not after it
     source = read_checkpoint(checkpoint)
     state = read_state_dict(source, where=checkpoint)
     model = build_model(cfg)

@@ -17,6 +17,7 @@ onnxruntime and reports the largest difference to PyTorch.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from typing import Optional, Sequence
@@ -24,7 +25,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ['ImageToOutputs', 'export_onnx', 'onnx_input_shape', 'check_standard_ops']
+__all__ = ['ImageToOutputs', 'export_onnx', 'onnx_input_shape', 'check_standard_ops', 'require_onnx']
 
 # ONNX's own operator set; anything else (a custom domain) needs a runtime plug-in
 STANDARD_DOMAINS = ('', 'ai.onnx')
@@ -101,6 +102,14 @@ def _graphs(graph):
                 yield from _graphs(sub)
 
 
+def require_onnx() -> None:
+    """``ImportError`` that says what to install unless onnx, onnxscript and onnxruntime import."""
+    missing = [name for name in ('onnx', 'onnxscript', 'onnxruntime') if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f'ONNX export needs {", ".join(missing)}: '
+                          'pip install onnx onnxscript onnxruntime (or pip install -e .[tests])')
+
+
 def export_onnx(model: nn.Module, cfg, path: str, shape: Optional[Sequence[int]] = None,
                 seed: int = 0) -> dict:
     """Export the eval-mode ``model`` of ``cfg`` to ``path``; compare it with PyTorch.
@@ -109,6 +118,7 @@ def export_onnx(model: nn.Module, cfg, path: str, shape: Optional[Sequence[int]]
     onnxruntime.  Returns ``{'outputs': n, 'input_shape': [1, 3, H, W],
     'max_abs_diff': float, 'kind': 'segmentor' or 'detector'}``.
     """
+    require_onnx()
     import onnx
     import onnxruntime
 

@@ -283,3 +283,13 @@ def test_custom_onnx_operators_are_named():
         check_standard_ops(helper.make_model(graph))
     check_standard_ops(helper.make_model(helper.make_graph(
         [helper.make_node('Relu', ['x'], ['y'])], 'g', graph.input, graph.output)))
+
+
+def test_onnx_without_onnxruntime_says_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec',
+                        lambda name, *a: None if name == 'onnxruntime' else real_find_spec(name, *a))
+    with pytest.raises(ImportError, match='needs onnxruntime: pip install onnx onnxscript onnxruntime'):
+        deploy.deploy_checkpoint(SEG_DEMO, str(tmp_path / 'missing.pth'), str(tmp_path / 'd.pth'),
+                                 onnx=str(tmp_path / 'd.onnx'))

@@ -31,7 +31,7 @@ def main(argv=None):
     try:
         done = deploy_checkpoint(args.config, args.checkpoint, args.out, fuse_conv=not args.no_fuse_conv,
                                  onnx=args.onnx, onnx_shape=args.onnx_shape)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, ImportError) as err:
         sys.exit(f'deploy: {err}')
     print(f'deployed checkpoint: {done.checkpoint}\ndeployed config: {done.config}')
     if done.onnx:
