@@ -83,9 +83,13 @@ def test_config_contents(path):
         assert radius and radius[0].get('max_radius', 1.0) == 1.0
         clip = [h for h in cfg.custom_hooks if h['type'] == 'SwitchNormLogitClipHook']
         assert clip and clip[0].get('max_norm', 1.0) == 1.0  # the released recipe
+    # the runtime base's recipe merged into the schedule's optimizer, which stays as it was
     keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
     for name in ('mean_weight', 'var_weight'):
         assert keys[name] == dict(lr_mult=0.1, decay_mult=0.0)
+    assert cfg.optim_wrapper.constructor == 'SummaryOptimWrapperConstructor'
+    assert cfg.optim_wrapper.type == 'OptimWrapper' and cfg.optim_wrapper.optimizer.type == 'SGD'
+    assert cfg.optim_wrapper.optimizer.lr == (0.02 if path in DET_CONFIGS else 0.01)
     backbone = cfg.model.backbone
     # SSN: the released stem pool the ImageNet SSN weights were trained with
     assert backbone.type == ('ResNetReleasedStem' if sparse else 'ResNet') and backbone.depth == 50
@@ -101,22 +105,24 @@ def test_config_contents(path):
         assert tuple(backbone.dilations) == (1, 1, 2, 4) and tuple(backbone.strides) == (1, 2, 1, 1)
 
 
-def test_logits_get_their_optimizer_group():
-    """The paramwise_cfg puts every logit at lr x 0.1 without weight decay, and nothing else."""
-    cfg = _load(SEG_CONFIGS[0])
-    cfg.model.backbone.update(depth=18, init_cfg=None)
-    cfg.model.decode_head.update(in_channels=512, channels=16)
-    cfg.model.auxiliary_head.update(in_channels=256, channels=8)
-    model = MODELS.build(cfg.model)
+def _check_optimizer_groups(model, cfg):
+    """The released recipe: every logit at lr x 0.1 without weight decay, every other
+    parameter at the schedule's lr and weight decay (the groups these configs built
+    when each leaf still spelt out its own paramwise_cfg)."""
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
     base_lr = cfg.optim_wrapper.optimizer.lr
     base_wd = cfg.optim_wrapper.optimizer.weight_decay
     names = {id(p): n for n, p in model.named_parameters()}
+    logits = 0
     for group in optim.optimizer.param_groups:
         for p in group['params']:
             logit = names[id(p)].endswith(('mean_weight', 'var_weight'))
+            logits += logit
             assert group['lr'] == pytest.approx(base_lr * (0.1 if logit else 1.0)), names[id(p)]
             assert group['weight_decay'] == pytest.approx(0.0 if logit else base_wd), names[id(p)]
+    trainable = [n for n, p in model.named_parameters()
+                 if p.requires_grad and n.endswith(('mean_weight', 'var_weight'))]
+    assert logits == len(trainable) > 0  # frozen stages are left out, by the default constructor
 
 
 def _check_finite_grads(model):
@@ -149,6 +155,7 @@ def test_det_config_trains_and_predicts(path):
     model = MODELS.build(_shrink_det(cfg))
     model.init_weights()
     _check_all_norms(model, path)
+    _check_optimizer_groups(model, cfg)
     model.train()
     # frozen_stages=1: stem and layer1 stay in eval mode with frozen parameters
     assert not model.backbone.layer1.training and model.backbone.layer2.training
@@ -204,6 +211,7 @@ def test_seg_config_trains_and_predicts(path):
     model = MODELS.build(_shrink_seg(cfg))
     model.init_weights()
     _check_all_norms(model, path)
+    _check_optimizer_groups(model, cfg)
     num_classes = cfg.model.decode_head.num_classes
     model.train()
     # 32x32 inputs: D8 features are 4x4, so PSP / ASPP pooling branches see 1x1 maps

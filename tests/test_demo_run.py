@@ -1,4 +1,5 @@
 """The README's main command, `make demo` (tools/demo.py), end to end on a tiny schedule."""
+import glob
 import json
 import math
 import os.path as osp
@@ -27,3 +28,8 @@ def test_demo_main_job_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert len(records) == 32
     image = matplotlib.image.imread(out / 'ratios.png')
     assert image.shape[0] > 200 and image.shape[1] > 200
+
+    # a readable log: one line on the logits' optimizer options, not one per parameter (issue 12 §6)
+    logs = ''.join(open(p).read() for p in glob.glob(str(out / 'work_dir' / '*' / '*.log')))
+    assert logs.count('param groups: 64 (mean_weight, var_weight) at lr x1, weight_decay x0;') == 1
+    assert 'paramwise_options' not in logs

@@ -45,7 +45,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
-optim_wrapper = dict(type='OptimWrapper',
+optim_wrapper = dict(type='OptimWrapper', constructor='SummaryOptimWrapperConstructor',
                      optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=5e-4),
                      paramwise_cfg=dict(custom_keys={'mean_weight': dict(decay_mult=0.),
                                                      'var_weight': dict(decay_mult=0.)}))

@@ -69,7 +69,9 @@ train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
 # From scratch: warm up, then step down at 75% and 90% of training.  The SSN
 # logits keep the full learning rate (no decay) in this short schedule; the
 # released ImageNet recipe uses lr_mult=0.1 over 100 epochs.
+# SummaryOptimWrapperConstructor: one log line on the logits' options, not one per parameter.
 optim_wrapper = dict(
+    constructor='SummaryOptimWrapperConstructor',
     optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4),
     clip_grad=dict(max_norm=35, norm_type=2),
     paramwise_cfg=dict(custom_keys={'mean_weight': dict(decay_mult=0.),

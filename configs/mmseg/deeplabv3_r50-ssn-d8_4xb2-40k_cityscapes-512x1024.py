@@ -11,10 +11,6 @@ _base_ = [
 crop_size = (512, 1024)
 data_preprocessor = dict(size=crop_size)
 model = dict(data_preprocessor=data_preprocessor)
-# The switching logits learn at a tenth of the learning rate, without weight
-# decay (the released recipe).
-optim_wrapper = dict(
-    paramwise_cfg=dict(custom_keys={
-        'mean_weight': dict(lr_mult=0.1, decay_mult=0.0),
-        'var_weight': dict(lr_mult=0.1, decay_mult=0.0),
-    }))
+# the released recipe for the switching logits (lr x 0.1, no weight decay),
+# from ../_base_/sn_runtime.py
+optim_wrapper = _base_.switch_norm_optim_wrapper

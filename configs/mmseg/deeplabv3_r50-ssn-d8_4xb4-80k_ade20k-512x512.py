@@ -14,10 +14,6 @@ model = dict(
     data_preprocessor=data_preprocessor,
     decode_head=dict(num_classes=150),
     auxiliary_head=dict(num_classes=150))
-# The switching logits learn at a tenth of the learning rate, without weight
-# decay (the released recipe).
-optim_wrapper = dict(
-    paramwise_cfg=dict(custom_keys={
-        'mean_weight': dict(lr_mult=0.1, decay_mult=0.0),
-        'var_weight': dict(lr_mult=0.1, decay_mult=0.0),
-    }))
+# the released recipe for the switching logits (lr x 0.1, no weight decay),
+# from ../_base_/sn_runtime.py
+optim_wrapper = _base_.switch_norm_optim_wrapper
