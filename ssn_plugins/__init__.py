@@ -5,6 +5,7 @@ in mmengine's root ``MODELS``, the hooks in its root ``HOOKS`` and
 ``SwitchNormPretrained`` in its root ``WEIGHT_INITIALIZERS``, so mmdet and
 mmseg configs can use them after
 ``custom_imports = dict(imports=['ssn_plugins'], allow_failed_imports=False)``.
+It also lets mmengine resolve ``_base_ = 'ssn_plugins::<path under configs/>'``.
 """
 from .checkpoint import (ResNetReleasedStem, SwitchNormPretrained, convert_checkpoint,
                          use_released_stem)
@@ -15,8 +16,12 @@ from .norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
                    SparseSwitchNormBase, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d, SwitchNormBase,
                    SyncSparseSwitchNorm, SyncSwitchNorm, convert_sync_switchnorm, is_switch_norm,
                    revert_sync_switchnorm, update_choices)
+from .mim import config_path, register_config_prefix
+from . import registry  # noqa: F401  (the 'ssn_plugins' scope of 'ssn_plugins::' bases)
 from .ops import sparsemax, sparsestmax
 from .version import __version__
+
+register_config_prefix()  # 'ssn_plugins::mmdet/...' bases, see ssn_plugins/mim.py
 
 __all__ = [
     'sparsemax', 'sparsestmax', 'SwitchNorm1d', 'SwitchNorm2d', 'SwitchNorm3d',
@@ -26,5 +31,5 @@ __all__ = [
     'SSNRadiusHook', 'SwitchNormEvalHook', 'SwitchNormMonitorHook', 'SafeCheckpointHook',
     'SwitchNormLogitClipHook', 'SSNLogitClipHook',
     'apply_norm_eval', 'SwitchNormPretrained', 'ResNetReleasedStem', 'convert_checkpoint',
-    'use_released_stem', 'collapse_norms', '__version__'
+    'use_released_stem', 'collapse_norms', 'config_path', '__version__'
 ]

@@ -17,12 +17,14 @@ from typing import Optional
 from mmengine.config import Config
 
 from ..engine import launch
+from ..mim import config_path
 from .shapes import make_demo_dataset
 
 __all__ = ['DEMO_CONFIG', 'demo_config', 'run_demo', 'format_metrics']
 
-DEMO_CONFIG = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
-                       'configs', 'demo', 'mask-rcnn_r18-ssn_fpn_demo.py')
+# the copy shipped in the package (ssn_plugins/.mim/configs), found as
+# 'ssn_plugins::demo/...' is: in a checkout, an editable or a plain install
+DEMO_CONFIG = config_path('demo/mask-rcnn_r18-ssn_fpn_demo.py')
 _SHOWN = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'segm_mAP', 'segm_mAP_50', 'segm_mAP_75')
 
 

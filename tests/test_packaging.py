@@ -1,0 +1,147 @@
+"""The configs travel with the package: ``_base_ = 'ssn_plugins::...'`` from a config
+anywhere, in an editable install (this environment) and in a plain wheel install
+(built here into a temporary folder), and the demo finds its config the same way."""
+import glob
+import os
+import os.path as osp
+import shutil
+import subprocess
+import sys
+
+import logging
+
+import pytest
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+from mmengine.registry import HOOKS, init_default_scope
+
+import ssn_plugins
+from ssn_plugins.demo.run import DEMO_CONFIG
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SHIPPED = sorted(osp.relpath(p, osp.join(REPO, 'configs'))
+                 for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True))
+
+
+def _user_config(folder, base, extra=''):
+    path = osp.join(folder, 'my_config.py')
+    with open(path, 'w') as f:
+        f.write(f'_base_ = {base!r}\n{extra}')
+    return path
+
+
+def _without_scope(value):
+    """A config value without the ``_scope_`` keys mmengine adds to package bases."""
+    if isinstance(value, dict):
+        return {k: _without_scope(v) for k, v in value.items() if k != '_scope_'}
+    if isinstance(value, (list, tuple)):
+        return [_without_scope(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize('name', ['mmdet/mask-rcnn_r50-ssn_fpn_1x_coco.py',
+                                  'mmseg/pspnet_r50-ssn-d8_4xb4-80k_ade20k-512x512.py'])
+def test_user_config_inherits_a_packaged_config(name, tmp_path, monkeypatch):
+    """Outside the checkout: the same model, optimizer and hooks as the repository file."""
+    monkeypatch.chdir(tmp_path)
+    user = _user_config(str(tmp_path), f'ssn_plugins::{name}',
+                        'model = dict(backbone=dict(init_cfg=None))\n')
+    cfg = Config.fromfile(user)
+    ref = Config.fromfile(osp.join(REPO, 'configs', name))
+    assert cfg.model.backbone.init_cfg is None
+    ref.model.backbone.init_cfg = None
+    for key in ('model', 'optim_wrapper', 'custom_hooks', 'param_scheduler', 'train_cfg',
+                'default_scope', 'custom_imports'):
+        assert _without_scope(cfg[key]) == _without_scope(ref[key]), key
+
+    # the hooks came with _scope_='ssn_plugins': they build from ssn_plugins.registry,
+    # without mmengine's "Failed to search registry" warnings
+    assert {h._scope_ for h in cfg.custom_hooks} == {'ssn_plugins'}
+    init_default_scope(cfg.default_scope)
+    logger = MMLogger.get_current_instance()
+    warned = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warned.append
+    logger.addHandler(handler)
+    try:
+        hooks = [HOOKS.build(h) for h in cfg.custom_hooks]
+    finally:
+        logger.removeHandler(handler)
+    assert [type(h).__name__ for h in hooks] == [h.type for h in ref.custom_hooks]
+    assert not warned, [r.getMessage() for r in warned]
+
+
+def test_editable_install_reads_the_checkout_configs():
+    assert osp.realpath(ssn_plugins.config_path('mmdet/mask-rcnn_r50-ssn_fpn_1x_coco.py')) == \
+        osp.join(osp.realpath(REPO), 'configs', 'mmdet', 'mask-rcnn_r50-ssn_fpn_1x_coco.py')
+    assert DEMO_CONFIG == ssn_plugins.config_path('demo/mask-rcnn_r18-ssn_fpn_demo.py')
+    with pytest.raises(FileNotFoundError, match='no shipped config'):
+        ssn_plugins.config_path('mmdet/nope.py')
+
+
+_CHECK_INSTALLED = r'''
+import glob, json, os, os.path as osp, sys
+from importlib.metadata import version
+import ssn_plugins
+from mmengine.config import Config
+from ssn_plugins.demo.run import DEMO_CONFIG
+
+site = sys.argv[1]
+pkg = osp.join(site, 'ssn_plugins')
+assert ssn_plugins.__file__.startswith(pkg), ssn_plugins.__file__
+configs = osp.join(pkg, '.mim', 'configs')
+shipped = sorted(osp.relpath(p, configs) for p in glob.glob(osp.join(configs, '**', '*.py'), recursive=True))
+assert not any(osp.islink(osp.join(configs, p)) for p in shipped) and not osp.islink(configs)
+assert DEMO_CONFIG.startswith(configs) and osp.isfile(DEMO_CONFIG)
+for tool in ('train.py', 'test.py', 'dist_train.sh'):  # where mim looks for a package's tools
+    assert osp.isfile(osp.join(pkg, '.mim', 'tools', tool)), tool
+out = {'shipped': shipped, 'version': ssn_plugins.__version__, 'dist_version': version('ssn_plugins')}
+for name in ('mmdet/mask-rcnn_r50-ssn_fpn_1x_coco.py', 'mmseg/pspnet_r50-ssn-d8_4xb4-80k_ade20k-512x512.py'):
+    with open('my_config.py', 'w') as f:
+        f.write(f"_base_ = 'ssn_plugins::{name}'\n")
+    cfg = Config.fromfile('my_config.py')
+    out[name] = dict(norm=cfg.model.backbone.norm_cfg.type, hooks=[h.type for h in cfg.custom_hooks],
+                     lr_mult=cfg.optim_wrapper.paramwise_cfg.custom_keys.mean_weight.lr_mult,
+                     files=sorted(set(l[:-1] for l in cfg.text.splitlines(True) if l.endswith('.py\n')
+                                      and osp.isabs(l.strip()))))
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.timeout(300)
+def test_wheel_install_ships_every_config(tmp_path):
+    """A plain (non-editable) ``pip install``: configs copied into site-packages.
+
+    Builds the wheel from a copy of the sources with pip (no network: no
+    dependencies, no build isolation) into ``--target``; about 15 s.
+    """
+    src = tmp_path / 'src'
+    src.mkdir()
+    for name in ('setup.cfg', 'pyproject.toml', 'README.md'):
+        shutil.copy(osp.join(REPO, name), src / name)
+    for folder in ('configs', 'tools'):
+        shutil.copytree(osp.join(REPO, folder), src / folder, ignore=shutil.ignore_patterns('__pycache__'))
+    shutil.copytree(osp.join(REPO, 'ssn_plugins'), src / 'ssn_plugins', symlinks=True,
+                    ignore=shutil.ignore_patterns('__pycache__'))
+    site = tmp_path / 'site'
+    subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps', '--no-build-isolation',
+                    '--no-compile', '--no-index', '--target', str(site), str(src)],
+                   check=True, cwd=tmp_path, timeout=240)
+    work = tmp_path / 'elsewhere'
+    work.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(site))
+    proc = subprocess.run([sys.executable, '-c', _CHECK_INSTALLED, str(site)], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out['shipped'] == SHIPPED  # new config folders travel without a packaging change
+    assert out['version'] == out['dist_version'] == ssn_plugins.__version__
+    det = out['mmdet/mask-rcnn_r50-ssn_fpn_1x_coco.py']
+    seg = out['mmseg/pspnet_r50-ssn-d8_4xb4-80k_ade20k-512x512.py']
+    for got in (det, seg):
+        assert got['norm'] == 'SSN' and got['lr_mult'] == 0.1
+        assert 'SSNRadiusHook' in got['hooks'] and 'SwitchNormLogitClipHook' in got['hooks']
+        # the relative _base_ files resolved inside the installed copy, not in the checkout
+        ours = [f for f in got['files'] if 'ssn_plugins' in f]
+        assert ours and all(f.startswith(str(site)) for f in ours), got['files']
