@@ -53,12 +53,8 @@ test_cfg = dict()
 # The released ImageNet recipe in short: SGD momentum 0.9, wd 1e-4, lr x0.1 at
 # 30/60/90 % of training, logits at lr x0.1 without weight decay (and clipped
 # by SSNLogitClipHook from ssn_runtime); a short warm-up for the from-scratch start.
-optim_wrapper = dict(
-    optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4),
-    paramwise_cfg=dict(custom_keys={
-        'mean_weight': dict(lr_mult=0.1, decay_mult=0.0),
-        'var_weight': dict(lr_mult=0.1, decay_mult=0.0),
-    }))
+optim_wrapper = _base_.switch_norm_optim_wrapper
+optim_wrapper.update(optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
     dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,

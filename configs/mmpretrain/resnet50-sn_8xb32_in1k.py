@@ -19,8 +19,6 @@ _base_ = [
     '../_base_/sn_runtime.py',
 ]
 model = dict(backbone=dict(norm_cfg=dict(type='SN'), zero_init_residual=True))
-optim_wrapper = dict(
-    paramwise_cfg=dict(custom_keys={
-        'mean_weight': dict(lr_mult=1.0, decay_mult=1.0),
-        'var_weight': dict(lr_mult=1.0, decay_mult=1.0),
-    }))
+# the released SN logits are trained like every weight: the schedule's optimizer
+# as it is, not the runtime's switch_norm_optim_wrapper (lr x0.1, no decay)
+optim_wrapper = dict(constructor='SummaryOptimWrapperConstructor')

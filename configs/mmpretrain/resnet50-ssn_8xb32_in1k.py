@@ -32,12 +32,8 @@ norm_cfg = dict(type='SSN', momentum=0.003)
 model = dict(
     backbone=dict(type='ResNetReleasedStem', norm_cfg=norm_cfg, zero_init_residual=True))
 # The switching logits learn at a tenth of the learning rate, without weight
-# decay (the released recipe).
-optim_wrapper = dict(
-    paramwise_cfg=dict(custom_keys={
-        'mean_weight': dict(lr_mult=0.1, decay_mult=0.0),
-        'var_weight': dict(lr_mult=0.1, decay_mult=0.0),
-    }))
+# decay (the released recipe, kept in ../_base_/sn_runtime.py).
+optim_wrapper = _base_.switch_norm_optim_wrapper
 # the released last-5-epoch pipeline (action_epoch is 1-based: epochs 96..100)
 final_pipeline = [
     dict(type='LoadImageFromFile'),
