@@ -52,7 +52,7 @@ val_cfg = dict()
 test_cfg = dict()
 # The released ImageNet recipe in short: SGD momentum 0.9, wd 1e-4, lr x0.1 at
 # 30/60/90 % of training, logits at lr x0.1 without weight decay (and clipped
-# by SSNLogitClipHook from ssn_runtime); a short warm-up for the from-scratch start.
+# by SwitchNormLogitClipHook from ssn_runtime); a short warm-up for the from-scratch start.
 optim_wrapper = _base_.switch_norm_optim_wrapper
 optim_wrapper.update(optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4))
 param_scheduler = [
