@@ -77,7 +77,7 @@ def test_run_configs():
             assert cfg.model[part].norm_cfg.type == norm
         hooks = {h['type'] for h in cfg.custom_hooks}
         assert ('SSNRadiusHook' in hooks) == (norm == 'SSN')
-        assert ('SSNLogitClipHook' in hooks) == (norm == 'SSN')
+        assert ('SwitchNormLogitClipHook' in hooks) == (norm == 'SSN')
     assert cfgs['GN', 1].model.backbone.norm_cfg.num_groups == gn_groups(QUICK.width) == 16
     assert [gn_groups(w) for w in (32, 64, 16, 48, 40, 7)] == [32, 32, 16, 24, 20, 7]
     for bad, match in ((dict(norm='XN'), 'norm'), (dict(batch=0), 'batch'), (dict(batch=2000), 'images')):

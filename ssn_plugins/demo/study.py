@@ -150,7 +150,7 @@ def study_config(norm: str, batch: int, seed: int, setting: StudySetting, data_r
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters, val_interval=iters + 1)
     hooks = [h for h in cfg.custom_hooks if h['type'] == 'SafeCheckpointHook']
     if norm in ('SN', 'SSN'):
-        hooks.append(dict(type='SSNLogitClipHook', max_norm=1.0))
+        hooks.append(dict(type='SwitchNormLogitClipHook', max_norm=1.0))
     if norm == 'SSN':
         hooks.append(dict(type='SSNRadiusHook', max_radius=1.0))
     cfg.custom_hooks = hooks
