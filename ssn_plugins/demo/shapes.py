@@ -33,6 +33,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from ..fileio import replacing
+
 __all__ = ['DEMO_CLASSES', 'make_demo_dataset', 'make_split', 'cls_size']
 
 DEMO_CLASSES = ('square', 'circle', 'triangle')
@@ -137,15 +139,12 @@ def _render(rng: np.random.Generator, size: int, varied: bool = False):
 
 
 def _write_file(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole: a temporary file in the same folder, then a rename."""
-    tmp = f'{path}.tmp{os.getpid()}'
+    """Write ``data`` to ``path`` whole (:func:`ssn_plugins.fileio.replacing`)."""
     try:
-        with open(tmp, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path)
+        with replacing(path) as (tmp, ):
+            with open(tmp, 'wb') as f:
+                f.write(data)
     except OSError as err:
-        if osp.exists(tmp):
-            os.remove(tmp)
         raise OSError(f'demo data: could not write {path}: {err.strerror or err}') from err
 
 
