@@ -28,9 +28,10 @@ _base_ = [
     'mmpretrain::_base_/default_runtime.py',
     '../_base_/ssn_runtime.py',
 ]
-norm_cfg = dict(type='SSN', momentum=0.003)
-model = dict(
-    backbone=dict(type='ResNetReleasedStem', norm_cfg=norm_cfg, zero_init_residual=True))
+# no top-level norm_cfg: it would not reach the model, and would survive as 'SSN' in the
+# SyncSSN children
+model = dict(backbone=dict(type='ResNetReleasedStem', norm_cfg=dict(type='SSN', momentum=0.003),
+                           zero_init_residual=True))
 # The switching logits learn at a tenth of the learning rate, without weight
 # decay (the released recipe, kept in ../_base_/sn_runtime.py).
 optim_wrapper = _base_.switch_norm_optim_wrapper
