@@ -25,7 +25,7 @@ import os
 import os.path as osp
 import time
 import uuid
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 from mmengine.config import Config
 
