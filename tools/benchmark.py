@@ -14,10 +14,11 @@ import os
 
 import torch
 
-from ssn_plugins import benchmark
+from ssn_plugins import benchmark, config_path
 
-MMDET_CONFIG = 'configs/mmdet/mask-rcnn_r50-ssn_fpn_1x_coco.py'
-MMSEG_CONFIG = 'configs/mmseg/pspnet_r50-ssn-d8_4xb4-80k_ade20k-512x512.py'
+# the shipped configs, found from any working directory (also as ssn_plugins/.mim/tools)
+MMDET_CONFIG = config_path('mmdet/mask-rcnn_r50-ssn_fpn_1x_coco.py')
+MMSEG_CONFIG = config_path('mmseg/pspnet_r50-ssn-d8_4xb4-80k_ade20k-512x512.py')
 
 
 def _shape(text: str) -> tuple[int, int]:
