@@ -17,7 +17,6 @@ import pytest
 import torch
 import torch._dynamo
 
-from ssn_plugins.demo import make_demo_dataset
 from ssn_plugins.engine import launch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -30,14 +29,6 @@ COMPILED_CONFIGS = [osp.join(REPO, 'configs', 'demo', name)
 TINY = {'train_dataloader.batch_size': 2, 'train_dataloader.num_workers': 0,
         'train_dataloader.persistent_workers': False, 'train_cfg.max_iters': 2,
         'default_hooks.checkpoint.interval': 100, 'default_hooks.logger.interval': 1}
-
-
-@pytest.fixture
-def demo_dir(tmp_path, monkeypatch):
-    """A tiny demo data set where the configs expect it (data/ssn_demo, relative)."""
-    monkeypatch.chdir(tmp_path)
-    make_demo_dataset(str(tmp_path / 'data' / 'ssn_demo'), num_train=4, num_val=2, size=64, seed=0)
-    return tmp_path
 
 
 def test_enable_compile_sets_mmengine_option():

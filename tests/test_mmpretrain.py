@@ -3,7 +3,6 @@ classifier to a detector (shapes demo: classify -> convert -> Mask R-CNN)."""
 import glob
 import importlib.util
 import json
-import os
 import os.path as osp
 import runpy
 import sys
@@ -30,7 +29,6 @@ needs_mmpretrain = pytest.mark.skipif(
 
 import ssn_plugins
 from ssn_plugins.checkpoint.convert import RELEASED_SSN_STEM, TORCHVISION_STEM
-from ssn_plugins.demo import make_demo_dataset
 from ssn_plugins.engine import launch
 from ssn_plugins.norm.switch_norm import SparseSwitchNormBase
 
@@ -160,23 +158,15 @@ def test_imagenet_config_builds_with_its_optimizer_groups(path):
     assert seen_logits == 2 * len(switch)
 
 
-@pytest.fixture
-def shapes_dir(tmp_path, monkeypatch):
-    """A tiny demo data set where the demo configs expect it (data/ssn_demo, relative)."""
-    monkeypatch.chdir(tmp_path)
-    make_demo_dataset(str(tmp_path / 'data' / 'ssn_demo'), num_train=4, num_val=2, size=64, seed=0)
-    return tmp_path
-
-
 def _backbone_state(path):
     state = torch.load(path, map_location='cpu', weights_only=True)['state_dict']
     return {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
 
 
 @needs_mmpretrain
-def test_classifier_backbone_carries_over_to_the_detector(shapes_dir):
+def test_classifier_backbone_carries_over_to_the_detector(demo_dir):
     """The issue-13 path on the demo: classify, convert, load strictly into Mask R-CNN, train a step."""
-    work = shapes_dir / 'cls'
+    work = demo_dir / 'cls'
     # 1. the classification demo trains (our tools/train.py, mmpretrain's Runner and datasets)
     _tool('train').main([CLS_DEMO, '--work-dir', str(work), '--cfg-options', *TINY, *_schedule(3)])
     ckpt = str(work / 'iter_3.pth')
@@ -184,13 +174,13 @@ def test_classifier_backbone_carries_over_to_the_detector(shapes_dir):
     assert int(trained['sn1.mean_choice']) == -1 and float(trained['sn1.radius']) > 0  # radius grew
     # analyze_ratios reads the mmpretrain checkpoint, alone and with its config
     for args, out in (([ckpt], 'alone'), ([CLS_DEMO, ckpt], 'with_config')):
-        _tool('analyze_ratios').main([*args, '--out', str(shapes_dir / out)])
-        records = json.load(open(shapes_dir / out / 'ratios.json'))
+        _tool('analyze_ratios').main([*args, '--out', str(demo_dir / out)])
+        records = json.load(open(demo_dir / out / 'ratios.json'))
         assert len(records) == 20 and all(r['name'].startswith('backbone.') for r in records)
         assert all(r['type'] == 'SSN' and abs(sum(r['mean']) - 1) < 1e-6 for r in records)
 
     # 2. convert_checkpoint turns the ImageClassifier state into a backbone file
-    dst = str(shapes_dir / 'r18_half_ssn.pth')
+    dst = str(demo_dir / 'r18_half_ssn.pth')
     _tool('convert_checkpoint').main([ckpt, dst])
     converted = torch.load(dst, map_location='cpu', weights_only=True)
     meta = converted['meta']
@@ -204,7 +194,7 @@ def test_classifier_backbone_carries_over_to_the_detector(shapes_dir):
 
     # 3. the Mask R-CNN demo loads it with SwitchNormPretrained, strictly, every tensor
     init = [f'model.backbone.init_cfg.checkpoint={dst}']
-    cfg = launch.load_config(DET_PRETRAINED, init_cfg_options(init), work_dir=str(shapes_dir / 'det'))
+    cfg = launch.load_config(DET_PRETRAINED, init_cfg_options(init), work_dir=str(demo_dir / 'det'))
     assert cfg.model.backbone.init_cfg == dict(type='SwitchNormPretrained', checkpoint=dst)
     init_default_scope(cfg.default_scope)
     from mmdet.registry import MODELS as DET_MODELS
@@ -216,11 +206,11 @@ def test_classifier_backbone_carries_over_to_the_detector(shapes_dir):
         assert torch.equal(loaded[key], value), key
 
     # 4. one training step of the detector from that backbone (tools/train.py)
-    _tool('train').main([DET_PRETRAINED, '--work-dir', str(shapes_dir / 'det'), '--cfg-options', *TINY,
+    _tool('train').main([DET_PRETRAINED, '--work-dir', str(demo_dir / 'det'), '--cfg-options', *TINY,
                          *_schedule(1), *init])
-    step = torch.load(str(shapes_dir / 'det' / 'iter_1.pth'), map_location='cpu', weights_only=True)
+    step = torch.load(str(demo_dir / 'det' / 'iter_1.pth'), map_location='cpu', weights_only=True)
     assert step['meta']['iter'] == 1
-    after = _backbone_state(str(shapes_dir / 'det' / 'iter_1.pth'))
+    after = _backbone_state(str(demo_dir / 'det' / 'iter_1.pth'))
     assert torch.isfinite(after['layer4.1.conv2.weight']).all()
     assert not torch.equal(after['layer4.1.conv2.weight'], trained['layer4.1.conv2.weight'])  # it trained
 
@@ -311,11 +301,11 @@ def test_bad_choice_in_our_layout_is_refused():
 
 
 @needs_mmpretrain
-def test_mmpretrain_own_train_tool_trains_the_demo(shapes_dir, monkeypatch):
+def test_mmpretrain_own_train_tool_trains_the_demo(demo_dir, monkeypatch):
     """mmpretrain's tools/train.py (shipped in the wheel) runs the classification demo config."""
     tool = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'tools', 'train.py')
     assert osp.isfile(tool)
-    work = str(shapes_dir / 'upstream')
+    work = str(demo_dir / 'upstream')
     monkeypatch.setattr(sys, 'argv', [tool, CLS_DEMO, '--work-dir', work, '--cfg-options', *TINY, *_schedule(2)])
     runpy.run_path(tool, run_name='__main__')
     state = torch.load(osp.join(work, 'iter_2.pth'), map_location='cpu', weights_only=True)

@@ -13,7 +13,6 @@ import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 
-from ssn_plugins.demo import make_demo_dataset
 from ssn_plugins.engine import launch
 from ssn_plugins.engine.checkpoint_io import decode_checkpoint, encode_checkpoint
 
@@ -36,14 +35,6 @@ def _tool(name):
 def _schedule(iters, val_interval=100):
     return [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={val_interval}',
             f'default_hooks.checkpoint.interval={iters}']
-
-
-@pytest.fixture
-def demo_dir(tmp_path, monkeypatch):
-    """A tiny demo data set where the configs expect it (data/ssn_demo, relative)."""
-    monkeypatch.chdir(tmp_path)
-    make_demo_dataset(str(tmp_path / 'data' / 'ssn_demo'), num_train=4, num_val=2, size=64, seed=0)
-    return tmp_path
 
 
 def test_mmdet_train_resume_test(demo_dir):

@@ -15,7 +15,6 @@ import sys
 import pytest
 import torch
 
-from ssn_plugins.demo import make_demo_dataset
 from ssn_plugins.engine.checkpoint_io import decode_checkpoint
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -60,11 +59,10 @@ def _weights(path):
 
 
 @pytest.mark.parametrize('toolkit', CASES)
-def test_upstream_tools_train_resume_and_test_the_demo(toolkit, tmp_path, monkeypatch):
+def test_upstream_tools_train_resume_and_test_the_demo(toolkit, demo_dir, monkeypatch):
+    tmp_path = demo_dir  # the cwd, where the demo configs read data/ssn_demo
     config, metric_keys = CASES[toolkit]
     config = osp.join(REPO, 'configs', 'demo', config)
-    monkeypatch.chdir(tmp_path)  # the demo configs read data/ssn_demo
-    make_demo_dataset(str(tmp_path / 'data' / 'ssn_demo'), num_train=4, num_val=2, size=64, seed=0)
     up = str(tmp_path / 'upstream')
     train, test = _upstream(toolkit, 'train'), _upstream(toolkit, 'test')
 
