@@ -22,6 +22,8 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
+from ..builder import unwrap_model
+
 __all__ = ['SummaryOptimWrapperConstructor', 'summarize_param_groups']
 
 _PER_PARAM = 'paramwise_options -- '  # how mmengine 0.10.7 starts each per-parameter line
@@ -91,8 +93,7 @@ class SummaryOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             return super().__call__(model)
         with _per_param_lines_at_debug():
             wrapper = super().__call__(model)
-        module = model.module if hasattr(model, 'module') else model
-        print_log(summarize_param_groups(module, wrapper.optimizer.param_groups, self.base_lr,
+        print_log(summarize_param_groups(unwrap_model(model), wrapper.optimizer.param_groups, self.base_lr,
                                          self.base_wd) + ' (per-parameter options at DEBUG)',
                   logger='current')
         return wrapper
