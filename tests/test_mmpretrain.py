@@ -16,16 +16,9 @@ from mmengine.registry import DefaultScope, init_default_scope
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-try:  # mmpretrain imports torchvision, which must be the build for the installed torch
-    import mmpretrain
-    import mmpretrain.models  # noqa: F401  (imports torchvision)
-    from mmpretrain import registry as pretrain_registry
-    MMPRETRAIN_ERROR = None
-except ImportError as err:
-    MMPRETRAIN_ERROR = err
-needs_mmpretrain = pytest.mark.skipif(
-    MMPRETRAIN_ERROR is not None,
-    reason=f'mmpretrain cannot be imported ({MMPRETRAIN_ERROR}): install the torchvision built for this torch')
+import mmpretrain
+import mmpretrain.models  # noqa: F401  (imports torchvision: the build that matches torch)
+from mmpretrain import registry as pretrain_registry
 
 import ssn_plugins
 from ssn_plugins.checkpoint.convert import RELEASED_SSN_STEM, TORCHVISION_STEM
@@ -57,7 +50,6 @@ def _schedule(iters):
             f'default_hooks.checkpoint.interval={iters}']
 
 
-@needs_mmpretrain
 def test_our_names_resolve_in_mmpretrain_scope():
     """A config with default_scope='mmpretrain' finds the layers, hooks and the initializer."""
     with DefaultScope.overwrite_default_scope('mmpretrain'):
@@ -122,7 +114,6 @@ def test_imagenet_config_follows_the_released_recipe(path):
     assert backbone.norm_cfg == (dict(type=family, momentum=0.003) if sparse else dict(type='SN'))
 
 
-@needs_mmpretrain
 @pytest.mark.parametrize('path', PRETRAIN_CONFIGS, ids=lambda p: osp.basename(p)[:-3])
 def test_imagenet_config_builds_with_its_optimizer_groups(path):
     cfg = Config.fromfile(path)
@@ -163,7 +154,6 @@ def _backbone_state(path):
     return {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
 
 
-@needs_mmpretrain
 def test_classifier_backbone_carries_over_to_the_detector(demo_dir):
     """The issue-13 path on the demo: classify, convert, load strictly into Mask R-CNN, train a step."""
     work = demo_dir / 'cls'
@@ -216,29 +206,16 @@ def test_classifier_backbone_carries_over_to_the_detector(demo_dir):
 
 
 def _classifier_state(kind, backbone_type):
-    """The state dict of an mmpretrain ImageClassifier with an SN/SSN ResNet-18 (quarter width).
-
-    Built with mmpretrain where it imports; else the backbone is mmdet's
-    ResNet, whose keys are those of mmpretrain's (the end-to-end test checks
-    that on a real mmpretrain checkpoint), and the head a linear layer.
-    """
+    """The state dict of an mmpretrain ImageClassifier with an SN/SSN ResNet-18 (quarter width)."""
     norm = dict(type=kind)
     model_cfg = dict(type='ImageClassifier',
                      backbone=dict(type=backbone_type, depth=18, stem_channels=16, base_channels=16,
                                    norm_cfg=norm, out_indices=(3, )),
                      neck=dict(type='GlobalAveragePooling'),
                      head=dict(type='LinearClsHead', num_classes=5, in_channels=128))
-    if MMPRETRAIN_ERROR is None:
-        init_default_scope('mmpretrain')
-        model = pretrain_registry.MODELS.build(model_cfg)
-        backbone = model.backbone
-    else:
-        init_default_scope('mmdet')
-        from mmdet.registry import MODELS as DET_MODELS
-        backbone = DET_MODELS.build(dict(type=backbone_type, depth=18, base_channels=16, norm_cfg=norm))
-        model = nn.Module()
-        model.backbone, model.head = backbone, nn.Module()
-        model.head.fc = nn.Linear(128, 5)
+    init_default_scope('mmpretrain')
+    model = pretrain_registry.MODELS.build(model_cfg)
+    backbone = model.backbone
     if kind == 'SSN':
         backbone.sn1.latch('bn', 'in')
         backbone.layer3[1].sn2.latch(1, 2)
@@ -300,7 +277,6 @@ def test_bad_choice_in_our_layout_is_refused():
         ssn_plugins.checkpoint.convert_state_dict(state)
 
 
-@needs_mmpretrain
 def test_mmpretrain_own_train_tool_trains_the_demo(demo_dir, monkeypatch):
     """mmpretrain's tools/train.py (shipped in the wheel) runs the classification demo config."""
     tool = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'tools', 'train.py')
