@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import benchmark
+from .compat import grad_scaler
 from .demo.run import DEMO_CONFIG
 from .norm import is_switch_norm
 
@@ -167,7 +168,7 @@ def amp_check(dtype: torch.dtype, config: str = DEMO_CONFIG, batch: int = 2, siz
     model = _demo_model(config)
     data = benchmark.det_batch(model, benchmark.det_inputs(batch, size, _DEMO_CLASSES))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
+    scaler = grad_scaler('cuda', enabled=dtype == torch.float16)
     losses, skipped, grads_finite = [], 0, False
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)

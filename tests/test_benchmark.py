@@ -3,7 +3,9 @@ import json
 import os
 import sys
 
-from ssn_plugins import SparseSwitchNorm2d, benchmark
+import torch
+
+from ssn_plugins import SparseSwitchNorm2d, benchmark, profiling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,13 +57,16 @@ def test_counts_columns(tmp_path):
     counts = benchmark.count_benchmark(2, (8, 4), ('bn', 'in-bn'))
     assert counts['shape'] == [2, 8, 4, 4] and set(counts['kinds']) == KINDS
     bn = counts['kinds']['bn']
-    assert bn == dict(train_reads=0, train_kernels=7, eval_reads=0, eval_kernels=1,
+    # BatchNorm2d's own count, measured here (it differs between torch versions)
+    _, bn_train = profiling.train_step_counts(torch.nn.BatchNorm2d(8), torch.randn(2, 8, 4, 4))
+    assert bn == dict(train_reads=0, train_kernels=bn_train, eval_reads=0, eval_kernels=1,
                       train_breaks=0, eval_breaks=0, train_breaks_dynamic=0, eval_breaks_dynamic=0)
     for kind, c in counts['kinds'].items():
         assert all(isinstance(v, int) and v >= 0 for v in c.values()), kind
         assert c['train_kernels'] >= c['eval_kernels'] >= 1, kind
     table = benchmark.format_tables(dict(counts=counts))
-    assert 'kernels train (/ BN2d)' in table and '| bn | 0 / 0 | 7 (1.0x) | 1 | 0 / 0 (0 / 0) |' in table
+    assert 'kernels train (/ BN2d)' in table
+    assert f'| bn | 0 / 0 | {bn_train} (1.0x) | 1 | 0 / 0 (0 / 0) |' in table
     out = tmp_path / 'bench.json'
     _tool().main(['--out', str(out), '--skip-networks', '--skip-layers', '--latched', 'bn',
                   '--threads', '1', '--count-shape', '8x4'])

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .. import profiling
+from ..compat import recompile_limit_option
 from ..norm import SparseSwitchNorm2d, SwitchNorm2d, update_choices
 from .timing import saved_bytes, time_interleaved, to_ms
 
@@ -120,7 +121,7 @@ def _fresh_dynamo() -> Iterator[None]:
     import torch._dynamo
     torch._dynamo.reset()
     try:
-        with torch._dynamo.config.patch(recompile_limit=64):
+        with torch._dynamo.config.patch(**{recompile_limit_option(): 64}):
             yield
     finally:
         torch._dynamo.reset()

@@ -10,12 +10,21 @@ fails on those: ``InternalTorchDynamoError: AttributeError:
 """
 from __future__ import annotations
 
+import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 
-__all__ = ['PlainParamGroupsHook', 'add_compile_hooks']
+from ..compat import TORCH_VERSION, WHOLE_STEP_COMPILE_MIN_TORCH
+
+__all__ = ['PlainParamGroupsHook', 'EagerStepEndsHook', 'add_compile_hooks']
+
+
+def _optim_wrappers(runner) -> list:
+    wrapper = runner.optim_wrapper
+    return list(wrapper.values()) if isinstance(wrapper, OptimWrapperDict) else [wrapper]
 
 
 @HOOKS.register_module()
@@ -29,20 +38,45 @@ class PlainParamGroupsHook(Hook):
     priority = 'VERY_HIGH'
 
     def before_train(self, runner) -> None:
-        wrapper = runner.optim_wrapper
-        wrappers = wrapper.values() if isinstance(wrapper, OptimWrapperDict) else [wrapper]
-        for optim_wrapper in wrappers:
+        for optim_wrapper in _optim_wrappers(runner):
             groups = optim_wrapper.optimizer.param_groups
             groups[:] = [dict(group) for group in groups]
 
 
+@HOOKS.register_module()
+class EagerStepEndsHook(Hook):
+    """Run the data preprocessor and the optimizer update of a compiled ``train_step`` eagerly.
+
+    mmengine compiles the whole ``train_step``.  torch 2.1's dynamo crashes
+    inside both ends of it: ``SGD.step`` (``InternalTorchDynamoError: list
+    index out of range``) and mmengine's ``stack_batch`` (``scalar_tensor()``
+    of a list).  Below :data:`~ssn_plugins.compat.WHOLE_STEP_COMPILE_MIN_TORCH`
+    these two run outside dynamo (a graph break at each), and the model's
+    forward and loss, the SN/SSN layers included, stay compiled.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def before_train(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        preprocessor = model.data_preprocessor
+        preprocessor.forward = torch._dynamo.disable(preprocessor.forward)
+        for optim_wrapper in _optim_wrappers(runner):
+            optim_wrapper.update_params = torch._dynamo.disable(optim_wrapper.update_params)
+
+
 def add_compile_hooks(cfg: Config) -> Config:
-    """Append :class:`PlainParamGroupsHook` to ``cfg.custom_hooks`` when ``cfg.compile`` is on."""
+    """When ``cfg.compile`` is on, append :class:`PlainParamGroupsHook` to ``cfg.custom_hooks``,
+    and :class:`EagerStepEndsHook` below torch :data:`~ssn_plugins.compat.WHOLE_STEP_COMPILE_MIN_TORCH`."""
     if not cfg.get('compile', None):
         return cfg
     hooks = list(cfg.get('custom_hooks', None) or [])
-    if not any(isinstance(h, PlainParamGroupsHook) or (isinstance(h, dict) and h.get('type') in (
-            'PlainParamGroupsHook', PlainParamGroupsHook)) for h in hooks):
-        hooks.append(dict(type='PlainParamGroupsHook'))
+    needed = [PlainParamGroupsHook]
+    if TORCH_VERSION < WHOLE_STEP_COMPILE_MIN_TORCH:
+        needed.append(EagerStepEndsHook)
+    for hook_type in needed:
+        if not any(isinstance(h, hook_type) or (isinstance(h, dict) and h.get('type') in (
+                hook_type.__name__, hook_type)) for h in hooks):
+            hooks.append(dict(type=hook_type.__name__))
     cfg.custom_hooks = hooks
     return cfg

@@ -105,13 +105,14 @@ class _KeepInGraph(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, *anchors: Tensor) -> Tensor:
+        # sizes as ints here: torch 2.1's dynamo cannot trace Size.numel() in the backward
         ctx.shapes = [a.shape for a in anchors]
+        ctx.sizes = [a.numel() for a in anchors]
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        sizes = [s.numel() for s in ctx.shapes]
-        zeros = grad.new_zeros(sum(sizes)).split(sizes)
+        zeros = grad.new_zeros(sum(ctx.sizes)).split(ctx.sizes)  # one kernel for every anchor
         return (grad, *(z.view(s) for z, s in zip(zeros, ctx.shapes)))
 
 

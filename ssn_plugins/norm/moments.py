@@ -8,10 +8,12 @@ of the ``norm`` package: it imports nothing from it.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from ..compat import is_compiling
 
 __all__ = ['NORMALIZERS', 'BatchPool', 'channel_moments', 'row_moments', 'pool_moments', 'local_batch_moments',
            'branch_moments', 'update_running_stats', 'accumulation_dtype']
@@ -23,7 +25,7 @@ NORMALIZERS = ('in', 'ln', 'bn')
 #: branch's batch moments from per-(n, c) moments of ``length`` values each, and
 #: how many values per channel they cover (an int, or a 0-d tensor when it is
 #: only known on the device, as for synced layers).
-BatchPool = Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor, Union[int, Tensor]]]
+BatchPool = Callable[[Tensor, Tensor, int], Tuple[Tensor, Tensor, Union[int, Tensor]]]
 
 
 def accumulation_dtype(x: Tensor) -> torch.dtype:
@@ -41,7 +43,7 @@ def channel_moments(input: Tensor) -> tuple[Tensor, Tensor]:
     reduction fused with its neighbours; ``batch_norm_update_stats`` has no
     lowering and would stay an opaque call that reads the input once more.
     """
-    if torch.compiler.is_compiling():
+    if is_compiling():
         dims = [0, *range(2, input.dim())]
         var, mean = torch.var_mean(input, dims, correction=0)
         return mean, var
@@ -60,7 +62,7 @@ def _batch_norm_update_stats_meta(input: Tensor, running_mean: Optional[Tensor],
     return input.new_empty(channels, dtype=dtype), input.new_empty(channels, dtype=dtype)
 
 
-# torch 2.13 gives this op no Meta kernel, so tracing the eager kernel choice with fake
+# torch 2.1 to 2.13 give this op no Meta kernel, so tracing the eager kernel choice with fake
 # tensors and dynamic shapes (make_fx, or torch.compile where is_compiling() is not set)
 # would fail at it; add the shape rule, only where torch has none.
 if not torch._C._dispatch_has_kernel_for_dispatch_key('aten::batch_norm_update_stats', 'Meta'):

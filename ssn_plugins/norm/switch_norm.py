@@ -21,6 +21,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from ..compat import custom_functions_traceable
 from ..ops.sparsestmax import SPARSESTMAX_MODES
 from .functional import keep_in_graph, latched_norm, switch_norm
 from .moments import NORMALIZERS, BatchPool
@@ -181,9 +182,10 @@ class SwitchNormBase(nn.Module):
             if self.training:
                 self._record_latching(ratios)
         momentum = self._momentum() if self.training and 'bn' in self.normalizers else self.momentum
+        fused = batch_pool is None and custom_functions_traceable()
         return switch_norm(x, ratios, self.normalizers, self.running_mean, self.running_var,
                            self.weight, self.bias, self.training, momentum, self.eps,
-                           path='fused' if batch_pool is None else 'composite', batch_pool=batch_pool)
+                           path='fused' if fused else 'composite', batch_pool=batch_pool)
 
     def _one_hot_ratios(self) -> Tensor:
         return one_hot_ratios(self._device_choices(), len(self.normalizers))

@@ -38,6 +38,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from ..compat import custom_functions_traceable
 from .constants import cached_constant
 
 __all__ = ['sparsemax', 'sparsestmax', 'SPARSESTMAX_MODES']
@@ -138,7 +139,7 @@ def sparsestmax_unchecked(z: Tensor, r: Tensor, mode: str = 'paper') -> Tensor:
     No validation and no host read: for the layers, which check their logits
     on the device.  Finite ``z`` and ``r >= 0`` give a simplex point.
     """
-    if z.shape[-1] <= CLOSED_FORM_MAX_K:
+    if z.shape[-1] <= CLOSED_FORM_MAX_K and custom_functions_traceable():
         return _closed_form(z, r, mode == 'paper')
     return _sparsestmax_loop(z, r, mode)
 
