@@ -11,17 +11,19 @@ from .checkpoint import (ResNetReleasedStem, SwitchNormPretrained, convert_check
                          use_released_stem)
 from .deploy import collapse_norms
 from .engine import (SafeCheckpointHook, SSNLogitClipHook, SSNRadiusHook, SwitchNormEvalHook,
-                     SwitchNormLogitClipHook, SwitchNormMonitorHook, apply_norm_eval)
+                     SwitchNormLogitClipHook, SwitchNormMonitorHook, apply_norm_eval,
+                     make_checkpoint_loaders_safe)
 from .norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
                    SparseSwitchNormBase, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d, SwitchNormBase,
                    SyncSparseSwitchNorm, SyncSwitchNorm, convert_sync_switchnorm, is_switch_norm,
                    revert_sync_switchnorm, update_choices)
 from .mim import config_path, register_config_prefix
-from . import registry  # noqa: F401  (the 'ssn_plugins' scope of 'ssn_plugins::' bases)
+from . import compat, registry  # noqa: F401  (registry: the 'ssn_plugins' scope of bases)
 from .ops import sparsemax, sparsestmax
 from .version import __version__
 
 register_config_prefix()  # 'ssn_plugins::mmdet/...' bases, see ssn_plugins/mim.py
+make_checkpoint_loaders_safe()  # the Runner's loads too: weights_only=True on every torch
 
 __all__ = [
     'sparsemax', 'sparsestmax', 'SwitchNorm1d', 'SwitchNorm2d', 'SwitchNorm3d',

@@ -29,8 +29,10 @@ __all__ = ['format_keys', 'unsafe_global', 'explain_load_error', 'read_checkpoin
            'read_state_dict', 'check_destination', 'replacing', 'torch_save', 'save_checkpoint']
 
 PathLike = Union[str, 'os.PathLike[str]']
-# torch >= 2.6 words a refused global in two ways, depending on how it was pickled
-_GLOBAL = re.compile(r'(?:Unsupported global: GLOBAL|Trying to load unsupported GLOBAL) ([\w.]+)')
+# how torch words a refused global: two ways from 2.6 on (depending on how it was
+# pickled), 'Unsupported class' on torch 2.1 to 2.5
+_GLOBAL = re.compile(r'(?:Unsupported global: GLOBAL|Trying to load unsupported GLOBAL|'
+                     r'Unsupported class) ([\w.]+)')
 
 
 def format_keys(keys: Iterable[str], limit: int = 30) -> str:

@@ -1,0 +1,64 @@
+"""mmengine's checkpoint loaders under ``torch.load(weights_only=True)``, on every torch.
+
+mmengine 0.10's ``CheckpointLoader`` (behind ``load_from``, ``resume``,
+``Runner.load_checkpoint``, ``Pretrained`` init and the upstream
+``tools/test.py``) calls ``torch.load`` without ``weights_only``.  torch 2.1
+to 2.5 then unpickle anything, and on torch >= 2.6 the environment variable
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` switches the default off.  Importing
+``ssn_plugins`` wraps every registered scheme (local files, http, torchvision://,
+open-mmlab://, ...) so that its ``torch.load`` runs with ``weights_only=True``
+passed explicitly, which neither the torch version nor the environment changes.
+The Runner's own checkpoints load because
+:class:`~ssn_plugins.engine.checkpoint_io.SafeCheckpointHook` wrote them as
+plain containers.
+"""
+from __future__ import annotations
+
+import functools
+import pickle
+import threading
+from typing import Callable
+
+import torch
+from mmengine.runner import CheckpointLoader
+
+__all__ = ['weights_only_loader', 'make_checkpoint_loaders_safe']
+
+_LOCK = threading.RLock()
+
+
+def _weights_only(load: Callable) -> Callable:
+    @functools.wraps(load)
+    def safe_load(*args, **kwargs):
+        if kwargs.get('weights_only') is False:
+            raise pickle.UnpicklingError('ssn_plugins loads checkpoints with weights_only=True only')
+        kwargs['weights_only'] = True
+        return load(*args, **kwargs)
+
+    return safe_load
+
+
+def weights_only_loader(loader: Callable) -> Callable:
+    """``loader`` with every ``torch.load`` inside it run as ``torch.load(..., weights_only=True)``."""
+    if getattr(loader, 'weights_only', False):
+        return loader
+
+    @functools.wraps(loader)
+    def safe_loader(*args, **kwargs):
+        with _LOCK:
+            load = torch.load
+            torch.load = _weights_only(load)
+            try:
+                return loader(*args, **kwargs)
+            finally:
+                torch.load = load
+
+    safe_loader.weights_only = True
+    return safe_loader
+
+
+def make_checkpoint_loaders_safe() -> None:
+    """Wrap every scheme registered in mmengine's ``CheckpointLoader`` (idempotent)."""
+    schemes = CheckpointLoader._schemes
+    for prefix, loader in list(schemes.items()):
+        schemes[prefix] = weights_only_loader(loader)
