@@ -1,39 +1,42 @@
 # Two entry points for a new user: `make demo` (the embedded demo) and `make test`.
-# Both create .venv on first use; later runs reuse it (and pip's wheel cache keeps
-# the one-off mmcv build, about 6 minutes on 2 cores).
+# Both create the environment on first use and reuse it afterwards.
+#
+# STACK picks the lock file the environment is installed from:
+#   make test                 newest stack (requirements/newest.txt), in .venv
+#   make test STACK=oldest    oldest supported stack (requirements/oldest.txt), in .venv-oldest
+# mmcv 2.1.0 has no wheel for these torch builds, so it is built from source once per
+# torch version and kept in its own folder (pip's wheel cache does not key on torch).
 PYTHON ?= python3.11
-VENV := .venv
+STACK ?= newest
+LOCK := requirements/$(STACK).txt
+VENV := $(if $(filter newest,$(STACK)),.venv,.venv-$(STACK))
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-# built from source against the installed torch; pip keeps the wheel in its cache
-INSTALL_MMCV := MAX_JOBS=$$(nproc) $(PIP) install -q --no-build-isolation 'mmcv==2.1.0'
+TORCH_VERSION = $(shell sed -n 's/^torch=*\([0-9][0-9.]*\).*/\1/p' $(LOCK))
+MMCV_WHEELS = $${XDG_CACHE_HOME:-$$HOME/.cache}/ssn_plugins/mmcv-2.1.0-torch$(TORCH_VERSION)
+PYTEST_ARGS ?=
 
 .PHONY: venv demo test bench clean
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml $(LOCK) tools/install_mmcv.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q 'torch===2.13.0' 'torchvision==0.28.0' 'setuptools>=77,<81' wheel ninja
-	$(INSTALL_MMCV)
-	@# a wheel cached from a build against another torch imports but its ops do not load:
-	@# drop it from pip's cache and build once more against this torch
-	$(PY) -c "import mmcv.ops" 2>/dev/null || { \
-	  echo "mmcv 2.1.0 in pip's cache was built for another torch: rebuilding it"; \
-	  $(PIP) cache remove 'mmcv-2.1.0*' && $(INSTALL_MMCV) --force-reinstall --no-deps; }
-	$(PIP) install -q --no-build-isolation -e '.[tests]'
-	$(PY) -c "import ssn_plugins, mmdet, mmseg; print('environment ready')"
+	$(PIP) install -q -c $(LOCK) torch torchvision numpy setuptools wheel ninja
+	tools/install_mmcv.sh $(PY) $(LOCK) "$(MMCV_WHEELS)"
+	$(PIP) install -q -c $(LOCK) --no-build-isolation -e '.[all,tests]'
+	$(PY) -c "import ssn_plugins, mmdet, mmseg, mmpretrain, mmcv.ops; print('environment ready:', ssn_plugins.compat.stack())"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) tools/demo.py --out outputs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 bench: $(STAMP)
 	$(PY) tools/benchmark.py --out outputs/benchmark.json
 
 clean:
-	rm -rf $(VENV) outputs work_dirs
+	rm -rf .venv .venv-* outputs work_dirs

@@ -10,6 +10,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import MODELS, init_default_scope
 from torch import nn
 
+from .extras import TOOLKIT_MODULES, require
+
 __all__ = ['read_config', 'build_model', 'unwrap_model']
 
 
@@ -41,7 +43,10 @@ def build_model(config: Union[str, Config], scope: Optional[str] = None,
             model_cfg['backbone']['init_cfg'] = None
         if 'pretrained' in model_cfg:
             model_cfg['pretrained'] = None
-    init_default_scope(scope or cfg.get('default_scope', None) or 'mmengine')
+    scope = scope or cfg.get('default_scope', None) or 'mmengine'
+    if scope in TOOLKIT_MODULES:
+        require(*TOOLKIT_MODULES[scope], purpose=f'a {scope} model')
+    init_default_scope(scope)
     return MODELS.build(model_cfg)
 
 

@@ -256,6 +256,8 @@ def _deploy_paths(config: Union[str, Config], checkpoint: str, out: str,
         if os.path.abspath(path) in inputs:
             raise ValueError(f'deploy would write {path} over {inputs[os.path.abspath(path)]}: '
                              'choose another OUT')
+    if len({os.path.abspath(p) for p in paths}) < len(paths):  # before any other check or work
+        raise ValueError(f'two outputs would be the same file: {", ".join(paths)}')
     return paths
 
 

@@ -17,13 +17,15 @@ onnxruntime and reports the largest difference to PyTorch.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from .compat import ONNX_DYNAMO_MIN_TORCH, TORCH_VERSION
+from .extras import require
 
 __all__ = ['ImageToOutputs', 'export_onnx', 'onnx_input_shape', 'check_standard_ops', 'require_onnx']
 
@@ -103,11 +105,12 @@ def _graphs(graph):
 
 
 def require_onnx() -> None:
-    """``ImportError`` that says what to install unless onnx, onnxscript and onnxruntime import."""
-    missing = [name for name in ('onnx', 'onnxscript', 'onnxruntime') if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ImportError(f'ONNX export needs {", ".join(missing)}: '
-                          'pip install onnx onnxscript onnxruntime (or pip install -e .[tests])')
+    """Raise before any work unless ONNX export can run here (the ``[onnx]`` extra, torch >= 2.5)."""
+    require('onnx', 'onnxscript', 'onnxruntime', purpose='ONNX export')
+    if TORCH_VERSION < ONNX_DYNAMO_MIN_TORCH:
+        need = '.'.join(map(str, ONNX_DYNAMO_MIN_TORCH))
+        raise ImportError(f"ONNX export uses torch.onnx.export(dynamo=True), which needs torch >= "
+                           f"{need}; this is torch {torch.__version__}")
 
 
 def export_onnx(model: nn.Module, cfg, path: str, shape: Optional[Sequence[int]] = None,

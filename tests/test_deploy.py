@@ -10,6 +10,7 @@ from mmengine.runner import load_checkpoint
 from torch import nn
 
 import ssn_plugins.deploy as deploy
+from ssn_plugins import compat
 from ssn_plugins import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d, SwitchNorm2d,
                          collapse_norms, is_switch_norm)
 
@@ -224,8 +225,13 @@ def test_collapsed_layers_take_one_by_one_maps(choice):
 
 
 SEG_DEMO = os.path.join(ROOT, 'configs', 'demo', 'fcn_r18-ssn_demo.py')
+needs_onnx_torch = pytest.mark.skipif(
+    compat.TORCH_VERSION < compat.ONNX_DYNAMO_MIN_TORCH,
+    reason=f'torch.onnx.export(dynamo=True) needs torch >= 2.5, this is {torch.__version__}; '
+           'test_onnx_on_an_older_torch_says_which_torch_it_needs covers this torch')
 
 
+@needs_onnx_torch
 def test_onnx_export_of_the_segmentation_demo_matches_mmseg(tmp_path):
     """Image to logits in onnxruntime equals mmseg's own preprocessing and predict, to 1e-4."""
     import onnx
@@ -262,6 +268,7 @@ def test_onnx_export_of_the_segmentation_demo_matches_mmseg(tmp_path):
     assert (torch.from_numpy(got[0]) - expected).abs().max() <= 1e-4
 
 
+@needs_onnx_torch
 def test_onnx_export_of_a_detector_covers_backbone_neck_and_rpn(tmp_path):
     from ssn_plugins.onnx_export import export_onnx
     torch.manual_seed(0)
@@ -290,6 +297,15 @@ def test_onnx_without_onnxruntime_says_what_to_install(tmp_path, monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, 'find_spec',
                         lambda name, *a: None if name == 'onnxruntime' else real_find_spec(name, *a))
-    with pytest.raises(ImportError, match='needs onnxruntime: pip install onnx onnxscript onnxruntime'):
+    with pytest.raises(ImportError, match=r"needs onnxruntime, which is not installed: pip install 'ssn_plugins\[onnx\]'"):
+        deploy.deploy_checkpoint(SEG_DEMO, str(tmp_path / 'missing.pth'), str(tmp_path / 'd.pth'),
+                                 onnx=str(tmp_path / 'd.onnx'))
+
+
+def test_onnx_on_an_older_torch_says_which_torch_it_needs(tmp_path, monkeypatch):
+    """Before reading anything: the torch that torch.onnx.export(dynamo=True) needs."""
+    import ssn_plugins.onnx_export as onnx_export
+    monkeypatch.setattr(onnx_export, 'TORCH_VERSION', (2, 4))
+    with pytest.raises(ImportError, match=r'needs torch >= 2\.5; this is torch '):
         deploy.deploy_checkpoint(SEG_DEMO, str(tmp_path / 'missing.pth'), str(tmp_path / 'd.pth'),
                                  onnx=str(tmp_path / 'd.onnx'))

@@ -11,6 +11,7 @@ batch 2 and 8) and writes every measurement as JSON.
 import argparse
 import json
 import os
+from typing import Tuple
 
 import torch
 
@@ -21,7 +22,7 @@ MMDET_CONFIG = config_path('mmdet/mask-rcnn_r50-ssn_fpn_1x_coco.py')
 MMSEG_CONFIG = config_path('mmseg/pspnet_r50-ssn-d8_4xb4-80k_ade20k-512x512.py')
 
 
-def _shape(text: str) -> tuple[int, int]:
+def _shape(text: str) -> Tuple[int, int]:
     """'256x14' -> (256, 14)."""
     c, h = (int(v) for v in text.split('x'))
     return c, h

@@ -3,8 +3,10 @@
     python tools/demo.py --out outputs/demo [--iters 1500] [--num-train 300] [--num-val 50]
 """
 import argparse
+import sys
 
 from ssn_plugins.demo.run import run_demo
+from ssn_plugins.extras import MissingExtraError
 
 
 def main(argv=None):
@@ -23,4 +25,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except MissingExtraError as err:  # one line naming the extra, not a traceback
+        sys.exit(f'demo: {err}')

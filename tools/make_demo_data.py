@@ -28,7 +28,7 @@ def main(argv=None):
     try:
         out = make_demo_dataset(args.root, args.num_train, args.num_val, args.size, args.seed,
                                 overwrite=args.overwrite, varied=args.varied)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, ImportError) as err:
         sys.exit(f'make_demo_data: {err}')
     print(f"{args.root}: {len(out['train']['images'])} train / {len(out['val']['images'])} val "
           f"images, {len(out['train']['annotations'])} train instances "

@@ -5,10 +5,12 @@
 """
 import argparse
 import json
+import sys
 
 from mmengine.config import DictAction
 
 from ssn_plugins.engine import launch
+from ssn_plugins.extras import MissingExtraError
 
 
 def parse_args(argv=None):
@@ -36,4 +38,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except MissingExtraError as err:  # one line naming the extra, not a traceback
+        sys.exit(f'test: {err}')

@@ -5,10 +5,12 @@
                          [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 """
 import argparse
+import sys
 
 from mmengine.config import DictAction
 
 from ssn_plugins.engine import launch
+from ssn_plugins.extras import MissingExtraError
 
 
 def parse_args(argv=None):
@@ -43,4 +45,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except MissingExtraError as err:  # one line naming the extra, not a traceback
+        sys.exit(f'train: {err}')

@@ -14,6 +14,7 @@ from __future__ import annotations
 from mmengine.registry import MODELS, DefaultScope
 from torch import nn
 
+from ..extras import TOOLKIT_MODULES, require
 from .convert import RELEASED_SSN_STEM
 
 __all__ = ['use_released_stem', 'stem_pool_of', 'ResNetReleasedStem']
@@ -52,6 +53,9 @@ def ResNetReleasedStem(base: str = 'ResNet', **kwargs) -> nn.Module:
     if '.' not in base and scope is None:
         raise ValueError(f"ResNetReleasedStem: no default scope to find {base!r} in; set "
                          f"default_scope='mmdet' (or 'mmseg') or pass base='mmdet.{base}'")
+    toolkit = base.split('.')[0] if '.' in base else scope.scope_name
+    if toolkit in TOOLKIT_MODULES:
+        require(toolkit, purpose=f'ResNetReleasedStem (the {toolkit} ResNet)')
     return use_released_stem(MODELS.build(dict(type=base, **kwargs)))
 
 

@@ -17,6 +17,7 @@ from typing import Optional
 from mmengine.config import Config
 
 from ..engine import launch
+from ..extras import TOOLKIT_MODULES, require
 from ..mim import config_path
 from .shapes import make_demo_dataset
 
@@ -69,6 +70,7 @@ def run_demo(out: str, iters: int = 1500, num_train: int = 300, num_val: int = 5
     """Run the whole demo under ``out``; returns the summary written to ``out/results.json``."""
     from ..analysis import collect_ratios, format_summary, write_ratios
 
+    require(*TOOLKIT_MODULES['mmdet'], purpose='the demo (SSN Mask R-CNN)')
     out = osp.abspath(out)
     os.makedirs(out, exist_ok=True)
     data_root = osp.join(out, 'data')

@@ -31,8 +31,8 @@ from typing import Optional
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
+from ..extras import require
 from ..fileio import replacing
 
 __all__ = ['DEMO_CLASSES', 'make_demo_dataset', 'make_split', 'cls_size']
@@ -107,6 +107,8 @@ def _render(rng: np.random.Generator, size: int, varied: bool = False):
     with a hue per class, and, after the shapes, a per-image contrast,
     brightness and colour cast; the default draws exactly what it always drew.
     """
+    from pycocotools import mask as mask_utils  # the [det] extra, checked by make_demo_dataset
+
     img = _cluttered_background(rng, size) if varied else _background(rng, size)
     label = np.zeros((size, size), np.uint8)
     shapes, boxes = [], []
@@ -268,6 +270,7 @@ def make_demo_dataset(root: str, num_train: int = 300, num_val: int = 50, size: 
     folder without ``meta.json`` is not a demo set and is refused, with or
     without ``overwrite``: nothing in it is touched.
     """
+    require('pycocotools', purpose='the demo data set (COCO instance masks)')
     for name, value, low in (('num_train', num_train, 1), ('num_val', num_val, 1), ('size', size, 32)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f'{name} must be an int >= {low}, got {value!r}')

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import os.path as osp
 import pickle
+import re
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -20,16 +21,20 @@ from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from ..compat import check_compile
+from ..extras import TOOLKIT_MODULES, require
 from ..fileio import unsafe_global
 from .checkpoint_io import add_safe_checkpoint_hook
 from .compile import add_compile_hooks
 from .distributed import setup_cpu_distributed
 
-__all__ = ['TOOLKITS', 'toolkit_of', 'load_config', 'enable_amp', 'enable_compile', 'set_resume',
+__all__ = ['TOOLKITS', 'toolkit_of', 'load_config', 'read_config', 'enable_amp', 'enable_compile', 'set_resume',
            'build_runner', 'train', 'test']
 
 TOOLKITS = ('mmdet', 'mmseg', 'mmpretrain')
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+# the distribution mmengine names when a 'scope::' base cannot be found
+_SCOPE_OF_DISTRIBUTION = {'mmdet': 'mmdet', 'mmsegmentation': 'mmseg', 'mmpretrain': 'mmpretrain'}
 
 
 def toolkit_of(cfg: Config) -> str:
@@ -38,6 +43,7 @@ def toolkit_of(cfg: Config) -> str:
     if scope not in TOOLKITS:
         raise ValueError(f'config default_scope must be one of {TOOLKITS} (inherit an mmdet::, '
                          f'mmseg:: or mmpretrain:: base config), got {scope!r}')
+    require(*TOOLKIT_MODULES[scope], purpose=f'a {scope} config')
     return scope
 
 
@@ -52,7 +58,7 @@ def load_config(config: str, cfg_options: Optional[dict] = None, work_dir: Optio
         raise FileNotFoundError(f'config file not found: {config}')
     if launcher not in LAUNCHERS:
         raise ValueError(f'launcher must be one of {LAUNCHERS}, got {launcher!r}')
-    cfg = Config.fromfile(config)
+    cfg = read_config(config)
     cfg.launcher = launcher
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -62,6 +68,18 @@ def load_config(config: str, cfg_options: Optional[dict] = None, work_dir: Optio
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
     return add_safe_checkpoint_hook(cfg)
+
+
+def read_config(config: str) -> Config:
+    """``Config.fromfile``; a base of a toolkit that is not installed names the extra to install."""
+    try:
+        return Config.fromfile(config)
+    except ModuleNotFoundError as err:  # mmengine: 'mmdet is not installed, please install ...'
+        found = re.match(r'(\S+) is not installed', str(err))
+        scope = _SCOPE_OF_DISTRIBUTION.get(found.group(1) if found else None)
+        if scope is not None:
+            require(*TOOLKIT_MODULES[scope], purpose=f'{config} (a {scope}:: base)')
+        raise
 
 
 def enable_amp(cfg: Config) -> Config:
@@ -91,6 +109,7 @@ def enable_compile(cfg: Config, backend: Optional[str] = None) -> Config:
     needs the host; validation and test stay eager.  :func:`build_runner`
     adds the hook that lets dynamo trace the optimizer step.
     """
+    check_compile()
     cfg.compile = True if backend is None else dict(backend=backend)
     return cfg
 
