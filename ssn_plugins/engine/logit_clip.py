@@ -3,10 +3,12 @@
 mmengine's ``clip_grad`` clips all parameters together. The released
 ImageNet recipe clips only the ``mean_weight``/``var_weight`` group, jointly,
 to norm 1.0, after the gradient all-reduce. :class:`SwitchNormLogitClipHook`
-does that, for SN and SSN layers alike, with a step pre-hook on the
-optimizer, so it runs after DDP's all-reduce and after AMP's unscaling, right
-before every ``optimizer.step`` (``OptimWrapper`` and ``AmpOptimWrapper``
-alike)::
+does that, for SN and SSN layers alike, inside the optimizer's ``step``, so
+it runs after DDP's all-reduce and after AMP's unscaling, right before every
+``optimizer.step`` (``OptimWrapper`` and ``AmpOptimWrapper`` alike).  It
+wraps the optimizer's ``step`` rather than registering a step pre-hook:
+torch 2.1 stops calling the step hooks of every optimizer made after the
+first ``torch.compile`` in the process, so a hook would silently not clip::
 
     custom_hooks = [dict(type='SwitchNormLogitClipHook', max_norm=1.0)]
 
@@ -49,7 +51,7 @@ class SwitchNormLogitClipHook(Hook):
         if not max_norm > 0:
             raise ValueError(f'max_norm must be > 0, got {max_norm!r}')
         self.max_norm = float(max_norm)
-        self._handles = []
+        self._wrapped = []  # (optimizer, its own step attribute or None, our wrapper)
 
     def before_train(self, runner) -> None:
         logits = {id(p): p for p in switch_norm_logits(runner.model)}
@@ -61,11 +63,22 @@ class SwitchNormLogitClipHook(Hook):
             optimizer = wrapper.optimizer
             owned = [p for group in optimizer.param_groups for p in group['params'] if id(p) in logits]
             if owned:
-                self._handles.append(optimizer.register_step_pre_hook(self._clipper(runner, owned)))
+                self._wrap_step(optimizer, self._clipper(runner, owned))
+
+    def _wrap_step(self, optimizer, clip) -> None:
+        own = optimizer.__dict__.get('step')
+        step = optimizer.step
+
+        def clipped_step(*args, **kwargs):
+            clip()
+            return step(*args, **kwargs)
+
+        optimizer.step = clipped_step
+        self._wrapped.append((optimizer, own, clipped_step))
 
     def _clipper(self, runner, params: list[nn.Parameter]):
 
-        def clip(optimizer, args, kwargs) -> None:
+        def clip() -> None:
             grads = [p for p in params if p.grad is not None]
             if grads:
                 norm = clip_grad_norm_(grads, self.max_norm)
@@ -74,9 +87,14 @@ class SwitchNormLogitClipHook(Hook):
         return clip
 
     def after_train(self, runner) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        for optimizer, own, clipped_step in reversed(self._wrapped):
+            if optimizer.__dict__.get('step') is not clipped_step:
+                continue  # wrapped again by someone else: theirs stays
+            if own is None:
+                del optimizer.step
+            else:
+                optimizer.step = own
+        self._wrapped = []
 
 
 # the first name, from when only SSN configs used it; the same class
