@@ -26,6 +26,8 @@ $(STAMP): setup.cfg pyproject.toml $(LOCK) tools/install_mmcv.sh
 	$(PIP) install -q -c $(LOCK) torch torchvision numpy setuptools wheel ninja
 	tools/install_mmcv.sh $(PY) $(LOCK) "$(MMCV_WHEELS)"
 	$(PIP) install -q -c $(LOCK) --no-build-isolation -e '.[all,tests]'
+	@# `mim train ssn_plugins` looks for the package in site-packages: link the checkout there
+	$(PY) -c 'import ssn_plugins.mim as m; m.link_for_mim(verbose=True)'
 	$(PY) -c "import ssn_plugins, mmdet, mmseg, mmpretrain, mmcv.ops; print('environment ready:', ssn_plugins.compat.stack())"
 	touch $(STAMP)
 
