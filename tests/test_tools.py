@@ -127,7 +127,12 @@ class _Malicious:
         return _payload, (self.marker,)
 
 
-def test_malicious_pickle_still_refused(demo_dir):
+@pytest.mark.parametrize('force_unsafe', [False, True], ids=['default', 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'])
+def test_malicious_pickle_still_refused(demo_dir, monkeypatch, force_unsafe):
+    """mmengine's loaders (the Runner's load_from, resume, test) never unpickle code: not on
+    torch 2.1 (whose default is weights_only=False), not with the variable that turns it off."""
+    if force_unsafe:
+        monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
     tmp_path = demo_dir
     marker = str(tmp_path / 'marker')
     path = str(tmp_path / 'evil.pth')

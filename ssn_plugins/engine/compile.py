@@ -50,9 +50,12 @@ class EagerStepEndsHook(Hook):
     mmengine compiles the whole ``train_step``.  torch 2.1's dynamo crashes
     inside both ends of it: ``SGD.step`` (``InternalTorchDynamoError: list
     index out of range``) and mmengine's ``stack_batch`` (``scalar_tensor()``
-    of a list).  Below :data:`~ssn_plugins.compat.WHOLE_STEP_COMPILE_MIN_TORCH`
-    these two run outside dynamo (a graph break at each), and the model's
-    forward and loss, the SN/SSN layers included, stay compiled.
+    of a list), and also in mmdet's heads (``InstanceData`` indexing).  Below
+    :data:`~ssn_plugins.compat.WHOLE_STEP_COMPILE_MIN_TORCH` the two ends run
+    outside dynamo (a graph break at each), and dynamo's ``suppress_errors``
+    is switched on, so any other frame it cannot trace runs eagerly instead of
+    failing the run.  The model's forward and loss, the SN/SSN layers
+    included (which compile with ``fullgraph=True`` from torch 2.1), stay compiled.
     """
 
     priority = 'VERY_HIGH'
@@ -63,6 +66,7 @@ class EagerStepEndsHook(Hook):
         preprocessor.forward = torch._dynamo.disable(preprocessor.forward)
         for optim_wrapper in _optim_wrappers(runner):
             optim_wrapper.update_params = torch._dynamo.disable(optim_wrapper.update_params)
+        torch._dynamo.config.suppress_errors = True
 
 
 def add_compile_hooks(cfg: Config) -> Config:
