@@ -35,8 +35,9 @@ def run(case):
     out['grad_x'] = x.grad
     out['grad_weight'] = layer.weight.grad
     out['grad_mean_weight'] = layer.mean_weight.grad
-    out['running_mean'] = layer.running_mean.clone()
-    out['running_var'] = layer.running_var.clone()
+    if layer.running_mean is not None:  # none without a BN branch
+        out['running_mean'] = layer.running_mean.clone()
+        out['running_var'] = layer.running_var.clone()
     mean_ratios, var_ratios = layer.ratios()
     out['mean_ratios'], out['var_ratios'] = mean_ratios.detach(), var_ratios.detach()
     if hasattr(layer, 'mean_choice'):
@@ -46,14 +47,14 @@ def run(case):
         out['eval_y'] = layer(case['x'])
         if case.get('collapse'):
             update_choices(layer)
-            out['collapsed_y'] = collapse_norms(torch.nn.Sequential(layer))(case['x'])
+            out['collapsed_y'] = collapse_norms(torch.nn.Sequential(layer).eval())(case['x'])
     return out
 
 
 def main(src, dst):
     cases = torch.load(src, weights_only=True)
     results = {name: run(case) for name, case in cases.items()}
-    results['torch'] = torch.__version__
+    results['torch'] = str(torch.__version__)
     torch.save(results, dst)
 
 
