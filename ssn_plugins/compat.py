@@ -13,9 +13,9 @@ from typing import Dict, Optional, Tuple
 import torch
 
 __all__ = ['TORCH_VERSION', 'COMPILE_MIN_TORCH', 'FUNCTION_COMPILE_MIN_TORCH',
-           'WHOLE_STEP_COMPILE_MIN_TORCH', 'ONNX_DYNAMO_MIN_TORCH', 'is_compiling', 'is_tracing', 'custom_functions_traceable',
-           'check_compile', 'grad_scaler', 'recompile_limit_option', 'versions',
-           'stack']
+           'WHOLE_STEP_COMPILE_MIN_TORCH', 'ONNX_DYNAMO_MIN_TORCH', 'is_compiling', 'is_tracing',
+           'custom_functions_traceable', 'check_compile', 'grad_scaler', 'recompile_limit_option',
+           'versions', 'stack']
 
 
 def _release(version: str) -> Tuple[int, int]:
@@ -32,9 +32,9 @@ TORCH_VERSION = _release(torch.__version__)
 COMPILE_MIN_TORCH = (2, 1)
 
 #: The lowest torch whose dynamo traces the fused SN forward and SparsestMax's
-#: closed form, custom autograd Functions with non-tensor arguments (torch 2.1
-#: to 2.4 refuse those; 2.5 fails on the ``batch_norm`` inside; 2.6, 2.7, 2.9
-#: and 2.13 trace them, checked with ``fullgraph=True``).  Below it, traced
+#: closed form, custom autograd Functions with non-tensor arguments (checked with
+#: ``fullgraph=True``: torch 2.1 and 2.3 refuse such arguments, 2.5 fails on the
+#: ``batch_norm`` inside, 2.6, 2.7, 2.9 and 2.13 trace them).  Below it, traced
 #: code takes the equivalent autograd-composite paths.
 FUNCTION_COMPILE_MIN_TORCH = (2, 6)
 

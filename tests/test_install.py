@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from source_tree import copy_sources
 
 import ssn_plugins
 from ssn_plugins import compat
@@ -240,14 +241,7 @@ def _dry_run(args, cwd):
 def test_installing_into_an_existing_environment_keeps_its_torch_and_mmcv(tmp_path):
     """``pip install`` of the wheel (with dependencies) and ``pip install -e '.[seg]'`` into this
     environment would install only ssn_plugins: torch, torchvision and mmcv stay."""
-    src = tmp_path / 'src'
-    src.mkdir()
-    for name in ('setup.cfg', 'pyproject.toml', 'README.md'):
-        shutil.copy(osp.join(REPO, name), src / name)
-    for folder in ('configs', 'tools'):
-        shutil.copytree(osp.join(REPO, folder), src / folder, ignore=shutil.ignore_patterns('__pycache__'))
-    shutil.copytree(osp.join(REPO, 'ssn_plugins'), src / 'ssn_plugins', symlinks=True,
-                    ignore=shutil.ignore_patterns('__pycache__'))
+    src = copy_sources(tmp_path / 'src')
     dist = tmp_path / 'dist'
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--quiet', '--no-deps', '--no-build-isolation',
                     '--no-index', '-w', str(dist), str(src)], check=True, cwd=tmp_path, timeout=300)

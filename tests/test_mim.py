@@ -12,12 +12,12 @@ import json
 import os
 import os.path as osp
 import re
-import shutil
 import subprocess
 import sys
 from importlib import metadata
 
 import pytest
+from source_tree import install_to_target
 
 pytest.importorskip('mim', reason='openmim is not installed (pip install -e .[tests]); '
                                   "mim's train/test commands cannot be checked")
@@ -208,20 +208,7 @@ def test_mim_train_and_test_in_the_editable_install(editable_install, demo_dir):
 
 def _install_wheel(tmp_path):
     """A plain (non-editable) install into a --target folder, as tests/test_packaging.py builds it."""
-    src = tmp_path / 'src'
-    src.mkdir(parents=True)
-    for name in ('setup.cfg', 'pyproject.toml', 'README.md'):
-        shutil.copy(osp.join(REPO, name), str(src / name))
-    for folder in ('configs', 'tools'):
-        shutil.copytree(osp.join(REPO, folder), str(src / folder),
-                        ignore=shutil.ignore_patterns('__pycache__'))
-    shutil.copytree(osp.join(REPO, 'ssn_plugins'), str(src / 'ssn_plugins'), symlinks=True,
-                    ignore=shutil.ignore_patterns('__pycache__'))
-    site = tmp_path / 'site'
-    subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps', '--no-build-isolation',
-                    '--no-compile', '--no-index', '--target', str(site), str(src)],
-                   check=True, cwd=str(tmp_path), timeout=240)
-    return str(site)
+    return install_to_target(tmp_path)
 
 
 @pytest.mark.timeout(420)

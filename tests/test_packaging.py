@@ -4,13 +4,13 @@ anywhere, in an editable install (this environment) and in a plain wheel install
 import glob
 import os
 import os.path as osp
-import shutil
 import subprocess
 import sys
 
 import logging
 
 import pytest
+from source_tree import install_to_target
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.registry import HOOKS, init_default_scope
@@ -115,18 +115,7 @@ def test_wheel_install_ships_every_config(tmp_path):
     Builds the wheel from a copy of the sources with pip (no network: no
     dependencies, no build isolation) into ``--target``; about 15 s.
     """
-    src = tmp_path / 'src'
-    src.mkdir()
-    for name in ('setup.cfg', 'pyproject.toml', 'README.md'):
-        shutil.copy(osp.join(REPO, name), src / name)
-    for folder in ('configs', 'tools'):
-        shutil.copytree(osp.join(REPO, folder), src / folder, ignore=shutil.ignore_patterns('__pycache__'))
-    shutil.copytree(osp.join(REPO, 'ssn_plugins'), src / 'ssn_plugins', symlinks=True,
-                    ignore=shutil.ignore_patterns('__pycache__'))
-    site = tmp_path / 'site'
-    subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps', '--no-build-isolation',
-                    '--no-compile', '--no-index', '--target', str(site), str(src)],
-                   check=True, cwd=tmp_path, timeout=240)
+    site = install_to_target(tmp_path)
     work = tmp_path / 'elsewhere'
     work.mkdir()
     env = dict(os.environ, PYTHONPATH=str(site))
