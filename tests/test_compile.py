@@ -66,5 +66,6 @@ def test_runner_with_compile_trains_demo_config(config, demo_dir):
     # torch 2.1 crashes tracing the step's two ends; they run eagerly there (graph breaks)
     eager_ends = [h for h in runner.hooks if isinstance(h, EagerStepEndsHook)]
     assert len(eager_ends) == (TORCH_VERSION < WHOLE_STEP_COMPILE_MIN_TORCH)
+    assert not torch._dynamo.config.suppress_errors  # restored after training
     loss = runner.message_hub.get_scalar('train/loss').data[0]
     assert len(loss) == 2 and all(torch.isfinite(torch.tensor(loss)).tolist())

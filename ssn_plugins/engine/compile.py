@@ -60,13 +60,20 @@ class EagerStepEndsHook(Hook):
 
     priority = 'VERY_HIGH'
 
+    def __init__(self) -> None:
+        self._suppressed = False
+
     def before_train(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         preprocessor = model.data_preprocessor
         preprocessor.forward = torch._dynamo.disable(preprocessor.forward)
         for optim_wrapper in _optim_wrappers(runner):
             optim_wrapper.update_params = torch._dynamo.disable(optim_wrapper.update_params)
+        self._suppressed = torch._dynamo.config.suppress_errors
         torch._dynamo.config.suppress_errors = True
+
+    def after_train(self, runner) -> None:
+        torch._dynamo.config.suppress_errors = self._suppressed  # a process-wide setting
 
 
 def add_compile_hooks(cfg: Config) -> Config:
