@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from typing import Optional, Union
 
 from mmengine.config import Config
@@ -14,14 +15,27 @@ from .extras import TOOLKIT_MODULES, require
 
 __all__ = ['read_config', 'build_model', 'unwrap_model']
 
+# the distribution mmengine names when the package of a 'scope::' base is missing
+_SCOPE_OF_DISTRIBUTION = {'mmdet': 'mmdet', 'mmsegmentation': 'mmseg', 'mmpretrain': 'mmpretrain'}
+
 
 def read_config(config: Union[str, Config]) -> Config:
-    """``Config.fromfile(config)``, or ``config`` itself if it is already a ``Config``."""
+    """``Config.fromfile(config)``, or ``config`` itself if it is already a ``Config``.
+
+    A ``scope::`` base of a toolkit that is not installed names the extra to install.
+    """
     if isinstance(config, Config):
         return config
     if not os.path.isfile(config):
         raise FileNotFoundError(f'config file not found: {config}')
-    return Config.fromfile(config)
+    try:
+        return Config.fromfile(config)
+    except ModuleNotFoundError as err:  # mmengine: 'mmdet is not installed, please install ...'
+        found = re.match(r'(\S+) is not installed', str(err))
+        scope = _SCOPE_OF_DISTRIBUTION.get(found.group(1) if found else None)
+        if scope is not None:  # name the extra that brings the toolkit of a 'scope::' base
+            require(*TOOLKIT_MODULES[scope], purpose=f'{config} (a {scope}:: base)')
+        raise
 
 
 def build_model(config: Union[str, Config], scope: Optional[str] = None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import os.path as osp
 import pickle
-import re
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -21,6 +20,7 @@ from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from ..builder import read_config
 from ..compat import check_compile
 from ..extras import TOOLKIT_MODULES, require
 from ..fileio import unsafe_global
@@ -28,13 +28,11 @@ from .checkpoint_io import add_safe_checkpoint_hook
 from .compile import add_compile_hooks
 from .distributed import setup_cpu_distributed
 
-__all__ = ['TOOLKITS', 'toolkit_of', 'load_config', 'read_config', 'enable_amp', 'enable_compile', 'set_resume',
+__all__ = ['TOOLKITS', 'toolkit_of', 'load_config', 'enable_amp', 'enable_compile', 'set_resume',
            'build_runner', 'train', 'test']
 
 TOOLKITS = ('mmdet', 'mmseg', 'mmpretrain')
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
-# the distribution mmengine names when a 'scope::' base cannot be found
-_SCOPE_OF_DISTRIBUTION = {'mmdet': 'mmdet', 'mmsegmentation': 'mmseg', 'mmpretrain': 'mmpretrain'}
 
 
 def toolkit_of(cfg: Config) -> str:
@@ -68,18 +66,6 @@ def load_config(config: str, cfg_options: Optional[dict] = None, work_dir: Optio
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
     return add_safe_checkpoint_hook(cfg)
-
-
-def read_config(config: str) -> Config:
-    """``Config.fromfile``; a base of a toolkit that is not installed names the extra to install."""
-    try:
-        return Config.fromfile(config)
-    except ModuleNotFoundError as err:  # mmengine: 'mmdet is not installed, please install ...'
-        found = re.match(r'(\S+) is not installed', str(err))
-        scope = _SCOPE_OF_DISTRIBUTION.get(found.group(1) if found else None)
-        if scope is not None:
-            require(*TOOLKIT_MODULES[scope], purpose=f'{config} (a {scope}:: base)')
-        raise
 
 
 def enable_amp(cfg: Config) -> Config:
