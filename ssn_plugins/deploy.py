@@ -28,7 +28,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .builder import build_model, read_config
 from .checkpoint.pretrained import check_state_dict
-from .fileio import read_checkpoint, read_state_dict, replacing, torch_save
+from .fileio import check_distinct, read_checkpoint, read_state_dict, replacing, torch_save
 from .onnx_export import export_onnx, require_onnx
 from .norm.switch_norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
                                SparseSwitchNormBase, SwitchNormBase)
@@ -256,8 +256,7 @@ def _deploy_paths(config: Union[str, Config], checkpoint: str, out: str,
         if os.path.abspath(path) in inputs:
             raise ValueError(f'deploy would write {path} over {inputs[os.path.abspath(path)]}: '
                              'choose another OUT')
-    if len({os.path.abspath(p) for p in paths}) < len(paths):  # before any other check or work
-        raise ValueError(f'two outputs would be the same file: {", ".join(paths)}')
+    check_distinct(paths)  # before any other check or work (replacing checks it again)
     return paths
 
 

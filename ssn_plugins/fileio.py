@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 __all__ = ['format_keys', 'unsafe_global', 'explain_load_error', 'read_checkpoint',
-           'read_state_dict', 'check_destination', 'replacing', 'torch_save', 'save_checkpoint']
+           'read_state_dict', 'check_destination', 'check_distinct', 'replacing', 'torch_save',
+           'save_checkpoint']
 
 PathLike = Union[str, 'os.PathLike[str]']
 # how torch words a refused global: two ways from 2.6 on (depending on how it was
@@ -124,6 +125,13 @@ def check_destination(path: PathLike) -> str:
     return path
 
 
+def check_distinct(paths: Iterable[PathLike]) -> None:
+    """``ValueError`` if two of ``paths`` name the same file (nothing is touched)."""
+    absolute = [os.path.abspath(p) for p in paths]
+    if len(set(absolute)) != len(absolute):
+        raise ValueError(f'two outputs would be the same file: {format_keys(absolute)}')
+
+
 def _remove(path: str) -> None:
     try:
         os.unlink(path)
@@ -152,9 +160,8 @@ def replacing(*paths: PathLike) -> Iterator[tuple[str, ...]]:
     kill or power loss) between two renames, a window of a few system calls:
     it leaves the first destinations new and the others old.
     """
+    check_distinct(paths)
     dests = [check_destination(p) for p in paths]
-    if len(set(dests)) != len(dests):
-        raise ValueError(f'two outputs would be the same file: {format_keys(dests)}')
     temps: list[str] = []
     backups: list[str] = []
     try:
