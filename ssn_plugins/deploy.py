@@ -28,7 +28,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .builder import build_model, read_config
 from .checkpoint.pretrained import check_state_dict
-from .fileio import check_distinct, read_checkpoint, read_state_dict, replacing, torch_save
+from .fileio import (check_destination, check_distinct, read_checkpoint, read_state_dict, replacing,
+                     torch_save)
 from .onnx_export import export_onnx, require_onnx
 from .norm.switch_norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
                                SparseSwitchNormBase, SwitchNormBase)
@@ -249,14 +250,12 @@ def _deploy_paths(config: Union[str, Config], checkpoint: str, out: str,
                          f'the suffix .py, so it would overwrite the checkpoint: name it e.g. '
                          f'{os.path.splitext(out)[0]}.pth')
     paths = [out, os.path.splitext(out)[0] + '.py'] + ([onnx] if onnx else [])
-    inputs = {os.path.abspath(checkpoint): 'the input checkpoint'}
+    inputs = {checkpoint: 'the input checkpoint'}
     if isinstance(config, str):
-        inputs[os.path.abspath(config)] = 'the input config'
+        inputs[config] = 'the input config'
+    check_distinct(paths)  # before any other check or work (replacing checks them again)
     for path in paths:
-        if os.path.abspath(path) in inputs:
-            raise ValueError(f'deploy would write {path} over {inputs[os.path.abspath(path)]}: '
-                             'choose another OUT')
-    check_distinct(paths)  # before any other check or work (replacing checks it again)
+        check_destination(path, inputs)  # by real path: a link to an input is refused too
     return paths
 
 

@@ -9,25 +9,33 @@ was loaded), entries that are not tensors, NaN or inf values (keys named).
 Writing: :func:`replacing` hands out temporary paths beside the destinations
 and renames them over the destinations only once every one was written, so a
 failed write (a full disk, a killed process) leaves the old files as they were.
+Its temporaries carry the writing process's id: SIGTERM removes them before the
+process ends, and those of a process killed outright (``kill -9``) are removed
+by the next write into that folder.  :func:`check_destination` refuses, before
+any work, an output that is one of the inputs (by real path: links included).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
 import shutil
+import signal
+import socket
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 from torch import Tensor
 
 __all__ = ['format_keys', 'unsafe_global', 'explain_load_error', 'read_checkpoint',
-           'read_state_dict', 'check_destination', 'check_distinct', 'replacing', 'torch_save',
-           'save_checkpoint']
+           'read_state_dict', 'same_file', 'check_destination', 'check_distinct', 'replacing',
+           'temporary_folder', 'torch_save', 'save_checkpoint']
 
 PathLike = Union[str, 'os.PathLike[str]']
 # how torch words a refused global: two ways from 2.6 on (depending on how it was
@@ -53,10 +61,18 @@ def explain_load_error(path: PathLike, err: BaseException) -> ValueError:
     """A ``ValueError`` that says why ``torch.load(path, weights_only=True)`` failed."""
     name = unsafe_global(err)
     if name is not None:
+        what = f'a disallowed Python global ({name})'
+    elif 'Weights only load failed' in str(err) and 'Unsupported operand' in str(err):
+        # torch's weights-only unpickler met an opcode torch.save never writes: pickle.dump's
+        what = 'pickled Python objects (a pickle.dump file, not torch.save of tensors)'
+    else:
+        what = None
+    if what is not None:
         return ValueError(
-            f'{path} holds a disallowed Python global ({name}) that torch.load(weights_only=True) '
-            f'refuses to unpickle; nothing was loaded or run. If you trust the file, re-save its '
-            f'weights only: torch.save(torch.load(SRC, weights_only=False)["state_dict"], NEW)')
+            f'{path} holds {what} that torch.load(weights_only=True) refuses to unpickle: it was '
+            f'not written by these tools and may run code when loaded; nothing was loaded or run. '
+            f'If you trust the file, re-save its weights only: '
+            f'torch.save(torch.load(SRC, weights_only=False)["state_dict"], NEW)')
     lines = [line for line in str(err).splitlines()
              if line.strip() and not line.startswith('Check the documentation')]
     detail = f'{type(err).__name__}: {lines[-1][:200] if lines else "no detail"}'
@@ -106,12 +122,28 @@ def read_state_dict(checkpoint: Any, where: str = 'checkpoint') -> 'OrderedDict[
     return OrderedDict((re.sub(r'^module\.', '', k), v) for k, v in sd.items())
 
 
-def check_destination(path: PathLike) -> str:
+def same_file(a: PathLike, b: PathLike) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same real path, or hard links to one inode."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_destination(path: PathLike, inputs: Optional[Mapping[PathLike, str]] = None) -> str:
     """The absolute path of a file to write; ``ValueError`` if it cannot be one.
 
-    Refuses a folder, and a path under something that is a file; creates the
-    missing parent folders.
+    Refuses a folder, a path under something that is a file, and one of
+    ``inputs`` (``{path: what it is}``, e.g. ``{src: 'the input checkpoint'}``),
+    compared by real path so that a symbolic or hard link to an input is refused
+    too.  Touches nothing (:func:`replacing` makes the missing parent folders):
+    call it before any work.
     """
+    for source, what in (inputs or {}).items():
+        if same_file(path, source):
+            link = '' if os.path.abspath(path) == os.path.abspath(source) else f' (through a link: {source})'
+            raise ValueError(f'cannot write {path}: it is {what}{link}, which would be lost; '
+                             'give another output path')
     path = os.path.abspath(path)
     if os.path.isdir(path):
         raise ValueError(f'cannot write {path}: it is a folder; give a file name inside it')
@@ -121,20 +153,102 @@ def check_destination(path: PathLike) -> str:
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor):
         raise ValueError(f'cannot write {path}: {ancestor} is a file, not a folder')
-    os.makedirs(parent, exist_ok=True)
     return path
 
 
 def check_distinct(paths: Iterable[PathLike]) -> None:
-    """``ValueError`` if two of ``paths`` name the same file (nothing is touched)."""
-    absolute = [os.path.abspath(p) for p in paths]
-    if len(set(absolute)) != len(absolute):
-        raise ValueError(f'two outputs would be the same file: {format_keys(absolute)}')
+    """``ValueError`` if two of ``paths`` name the same file, links included (nothing is touched)."""
+    paths = list(paths)
+    for i, a in enumerate(paths):
+        for b in paths[i + 1:]:
+            if same_file(a, b):
+                raise ValueError('two outputs would be the same file: '
+                                 f'{format_keys([os.path.abspath(a), os.path.abspath(b)])}')
+
+
+# -- temporaries: named after their process, removed on SIGTERM and after kill -9 ---------------
+
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+# '.NAME.ssntmp-HOST-PID-RANDOM.tmp.EXT', and its '.old' backup
+_TEMP = re.compile(r'^\..*\.ssntmp-([0-9a-f]{8})-(\d+)-[^.]*\.tmp')
+_ACTIVE: set = set()  # temporaries of this process's open replacing() blocks
+_ACTIVE_LOCK = threading.Lock()
+_SWEPT: set = set()  # folders already cleaned of dead processes' temporaries
+_PREVIOUS_SIGTERM: Any = None  # set while our handler is installed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
+
+
+def _sweep(folder: str) -> None:
+    """Remove the temporaries that killed processes of this host left in ``folder`` (once)."""
+    if folder in _SWEPT or os.name != 'posix':
+        return
+    _SWEPT.add(folder)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        found = _TEMP.match(name)
+        if found and found.group(1) == _HOST and not _alive(int(found.group(2))):
+            _remove(os.path.join(folder, name))
+
+
+def _on_sigterm(signum, frame) -> None:
+    """Remove this process's temporaries, then end as SIGTERM would have without us."""
+    previous = _PREVIOUS_SIGTERM
+    if os.getpid() == _OWNER:  # not in a forked child (a data loader worker) that inherited us
+        with _ACTIVE_LOCK:
+            for path in list(_ACTIVE):
+                _remove(path)
+            _ACTIVE.clear()
+    if callable(previous):
+        previous(signum, frame)
+        return
+    if previous == signal.SIG_IGN:
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+_OWNER = os.getpid()
+
+
+def _register(paths: Iterable[str]) -> None:
+    global _PREVIOUS_SIGTERM, _OWNER
+    with _ACTIVE_LOCK:
+        _ACTIVE.update(paths)
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, 'SIGTERM'):
+        return  # signal handlers can only be set from the main thread
+    if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+        _PREVIOUS_SIGTERM, _OWNER = signal.getsignal(signal.SIGTERM), os.getpid()
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _unregister(paths: Iterable[str]) -> None:
+    with _ACTIVE_LOCK:
+        _ACTIVE.difference_update(paths)
+        done = not _ACTIVE
+    if done and threading.current_thread() is threading.main_thread() and \
+            hasattr(signal, 'SIGTERM') and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, _PREVIOUS_SIGTERM if _PREVIOUS_SIGTERM is not None
+                      else signal.SIG_DFL)
 
 
 def _remove(path: str) -> None:
     try:
-        os.unlink(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)  # a temporary_folder()
+        else:
+            os.unlink(path)
     except FileNotFoundError:
         pass
 
@@ -162,16 +276,20 @@ def replacing(*paths: PathLike) -> Iterator[tuple[str, ...]]:
     """
     check_distinct(paths)
     dests = [check_destination(p) for p in paths]
+    for dst in dests:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
     temps: list[str] = []
     backups: list[str] = []
     try:
         for dst in dests:
+            _sweep(os.path.dirname(dst))
             # the destination's suffix last, for writers that choose the format by it
-            fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(dst)}.',
+            fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(dst)}.ssntmp-{_HOST}-{os.getpid()}-',
                                        suffix='.tmp' + os.path.splitext(dst)[1],
                                        dir=os.path.dirname(dst))
-            os.close(fd)
             temps.append(tmp)
+            _register([tmp, f'{tmp}.old'])
+            os.close(fd)
             os.chmod(tmp, _mode_for(dst))  # mkstemp makes 0600 files
         try:
             yield tuple(temps)
@@ -202,6 +320,29 @@ def replacing(*paths: PathLike) -> Iterator[tuple[str, ...]]:
         for path in temps + backups:
             if path:
                 _remove(path)
+        _unregister([p for tmp in temps for p in (tmp, f'{tmp}.old')])
+
+
+@contextmanager
+def temporary_folder(beside: PathLike) -> Iterator[str]:
+    """A new hidden folder beside ``beside``, to build a folder whole and rename it into place.
+
+    Removed when the block ends (unless it was renamed away), on SIGTERM, and,
+    after a ``kill -9``, by the next :func:`replacing` or ``temporary_folder``
+    in the same parent folder.
+    """
+    target = os.path.abspath(beside)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    _sweep(parent)
+    tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(target)}.ssntmp-{_HOST}-{os.getpid()}-',
+                           suffix='.tmp', dir=parent)
+    _register([tmp])
+    try:
+        yield tmp
+    finally:
+        _remove(tmp)
+        _unregister([tmp])
 
 
 def torch_save(obj: Any, path: PathLike) -> None:

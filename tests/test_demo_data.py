@@ -118,9 +118,9 @@ def test_failed_image_write_is_an_error_and_the_set_is_not_marked_complete(tmp_p
     monkeypatch.setattr(shapes.cv2, 'imencode', failing)
     with pytest.raises(OSError, match='could not encode .*png'):
         make_demo_dataset(root, num_train=3, num_val=1, size=64, seed=0)
-    assert json.load(open(osp.join(root, 'meta.json')))['complete'] is False
+    assert os.listdir(tmp_path) == []  # whole or not at all: no half-made root, no temporaries
     monkeypatch.setattr(shapes.cv2, 'imencode', real)
-    # an unfinished set is ours: the next call writes it again, whole
+    # the next call writes it, whole
     make_demo_dataset(root, num_train=3, num_val=1, size=64, seed=0)
     assert json.load(open(osp.join(root, 'meta.json')))['complete'] is True
     assert len(os.listdir(osp.join(root, 'images', 'train'))) == 3
@@ -138,8 +138,7 @@ def test_full_disk_is_an_error_not_a_truncated_set(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     message = str(exit_info.value.code)
     assert message.startswith('make_demo_data: demo data: could not write') and '000000.png' in message
-    assert json.load(open(osp.join(root, 'meta.json')))['complete'] is False
-    assert not [f for f in _files(root) if '.tmp' in f]  # no temporary file left behind
+    assert os.listdir(tmp_path) == []  # whole or not at all: no half-made root, no temporaries
 
 
 def test_overwrite_removes_the_old_set(tmp_path):

@@ -11,9 +11,11 @@ with a config the model is built, the checkpoint loaded strictly and each
 layer's ratios() used.
 """
 import argparse
+import os
 import sys
 
 from ssn_plugins.analysis import format_summary, ratios_from_checkpoint, write_ratios
+from ssn_plugins.fileio import check_destination
 
 
 def parse_args(argv=None):
@@ -32,7 +34,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     config, checkpoint = args.paths if len(args.paths) == 2 else (None, args.paths[0])
+    inputs = {checkpoint: 'the checkpoint to analyse'}
+    if config is not None:
+        inputs[config] = 'the config'
     try:
+        for name in ('ratios.json', 'ratios.png'):  # before any work
+            check_destination(os.path.join(args.out, name), inputs)
         records = ratios_from_checkpoint(checkpoint, config=config, mode=args.mode)
         json_path, png_path = write_ratios(records, args.out)
     except (ValueError, OSError) as err:

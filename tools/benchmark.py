@@ -10,12 +10,12 @@ batch 2 and 8) and writes every measurement as JSON.
 """
 import argparse
 import json
-import os
 from typing import Tuple
 
 import torch
 
 from ssn_plugins import benchmark, config_path
+from ssn_plugins.fileio import check_destination, replacing
 
 # the shipped configs, found from any working directory (also as ssn_plugins/.mim/tools)
 MMDET_CONFIG = config_path('mmdet/mask-rcnn_r50-ssn_fpn_1x_coco.py')
@@ -61,6 +61,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        check_destination(args.out)  # before the minutes of measuring
+    except ValueError as err:
+        raise SystemExit(f'benchmark: --out: {err}')
     torch.set_num_threads(args.threads)
     result = dict(device='cpu', threads=args.threads, clock=args.clock,
                   torch=torch.__version__,
@@ -86,9 +90,9 @@ def main(argv=None):
         result['train_iteration'] = benchmark.train_iteration_benchmark(
             args.mmdet_config, clock=args.clock)
     print(benchmark.format_tables(result))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(result, f, indent=1)
+    with replacing(args.out) as (tmp, ):
+        with open(tmp, 'w') as f:
+            json.dump(result, f, indent=1)
     print(f'wrote {args.out}')
 
 

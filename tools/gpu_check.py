@@ -8,9 +8,9 @@ a message (status 1) when no CUDA device is available.
 """
 import argparse
 import json
-import os
 
 from ssn_plugins import gpu_check
+from ssn_plugins.fileio import check_destination, replacing
 from ssn_plugins.benchmark import RESNET50_NORM_SHAPES
 from ssn_plugins.demo.run import DEMO_CONFIG
 
@@ -28,14 +28,19 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.out:
+        try:
+            check_destination(args.out)  # before the checks
+        except ValueError as err:
+            raise SystemExit(f'gpu_check: --out: {err}')
     gpu_check.require_cuda()
     report = gpu_check.run_checks(args.config, args.batches, RESNET50_NORM_SHAPES, args.repeats,
                                   args.size, print)
     print(gpu_check.format_table(report))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            json.dump(report, f, indent=1)
+        with replacing(args.out) as (tmp, ):
+            with open(tmp, 'w') as f:
+                json.dump(report, f, indent=1)
         print(f'wrote {args.out}')
     if not gpu_check.passed(report):
         raise SystemExit(1)

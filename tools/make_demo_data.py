@@ -12,13 +12,25 @@ import sys
 from ssn_plugins.demo import make_demo_dataset
 
 
+def _int_at_least(low):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f'must be an integer >= {low}, got {text!r}')
+        return value
+    return parse
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('root', help='output folder')
-    parser.add_argument('--num-train', type=int, default=300)
-    parser.add_argument('--num-val', type=int, default=50)
-    parser.add_argument('--size', type=int, default=128, help='image side in pixels')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--num-train', type=_int_at_least(1), default=300)
+    parser.add_argument('--num-val', type=_int_at_least(1), default=50)
+    parser.add_argument('--size', type=_int_at_least(32), default=128, help='image side in pixels')
+    parser.add_argument('--seed', type=_int_at_least(0), default=0)
     parser.add_argument('--varied', action='store_true',
                         help='per-image brightness, contrast and colour cast on textured, cluttered '
                              'backgrounds (the small-batch study data)')

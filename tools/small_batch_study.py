@@ -11,6 +11,7 @@ the same setting and DIR skips the runs already in DIR/study.json.
 """
 import argparse
 import dataclasses
+import sys
 
 import torch
 
@@ -40,7 +41,10 @@ def main(argv=None):
     setting = dataclasses.replace(setting, **overrides)
     out = args.out or ('outputs/small_batch_study_quick' if args.quick else 'outputs/small_batch_study')
     seeds = args.seeds or (1 if args.quick else 2)
-    run_study(out, setting, seeds, args.norms, args.batches)
+    try:
+        run_study(out, setting, seeds, args.norms, args.batches)
+    except (ValueError, OSError) as err:
+        sys.exit(f'small_batch_study: {err}')
 
 
 if __name__ == '__main__':

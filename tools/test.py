@@ -4,12 +4,14 @@
                         [--launcher none|pytorch|slurm|mpi] [--out-metrics FILE.json]
 """
 import argparse
+import pickle
 import json
 import sys
 
 from mmengine.config import DictAction
 
 from ssn_plugins.engine import launch
+from ssn_plugins.fileio import check_destination, replacing
 from ssn_plugins.extras import MissingExtraError
 
 
@@ -28,17 +30,24 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.out_metrics:  # before the test, not after it
+        try:
+            check_destination(args.out_metrics, {args.config: 'the config to test',
+                                                 args.checkpoint: 'the checkpoint to test'})
+        except ValueError as err:
+            sys.exit(f'test: --out-metrics: {err}')
     launch.local_rank_env(args.local_rank)
     cfg = launch.load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     metrics = launch.test(cfg, args.checkpoint)
     print(json.dumps(metrics))
     if args.out_metrics:
-        with open(args.out_metrics, 'w') as f:
-            json.dump(metrics, f, indent=1)
+        with replacing(args.out_metrics) as (tmp, ):
+            with open(tmp, 'w') as f:
+                json.dump(metrics, f, indent=1)
 
 
 if __name__ == '__main__':
     try:
         main()
-    except MissingExtraError as err:  # one line naming the extra, not a traceback
+    except (MissingExtraError, pickle.UnpicklingError) as err:  # one line, not a traceback
         sys.exit(f'test: {err}')

@@ -5,6 +5,7 @@
                          [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 """
 import argparse
+import pickle
 import sys
 
 from mmengine.config import DictAction
@@ -40,12 +41,15 @@ def main(argv=None):
         launch.enable_amp(cfg)
     if args.compile or args.compile_backend:
         launch.enable_compile(cfg, args.compile_backend)
-    launch.set_resume(cfg, args.resume)
+    try:
+        launch.set_resume(cfg, args.resume)
+    except (ValueError, FileNotFoundError) as err:  # before the model is built
+        sys.exit(f'train: {err}')
     launch.train(cfg)
 
 
 if __name__ == '__main__':
     try:
         main()
-    except MissingExtraError as err:  # one line naming the extra, not a traceback
+    except (MissingExtraError, pickle.UnpicklingError) as err:  # one line, not a traceback
         sys.exit(f'train: {err}')

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..fileio import read_checkpoint, read_state_dict, save_checkpoint
+from ..fileio import check_destination, read_checkpoint, read_state_dict, save_checkpoint
 from .layout import ConversionError, ResNetLayout, parse_resnet_v1
 from .training_config import training_facts
 
@@ -180,7 +180,9 @@ def convert_checkpoint(src: str, dst: str, target: Optional[str] = None) -> dict
 
     ``dst`` is written whole or not at all (a failed write leaves an old
     ``dst`` as it was) and read back with ``weights_only=True`` before returning.
+    A ``dst`` that is ``src`` (by real path, links included) is refused before anything is read.
     """
+    check_destination(dst, {src: 'the input checkpoint'})
     checkpoint = read_checkpoint(src)
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('meta'), Mapping) \
             and checkpoint['meta'].get('converter') == CONVERTER:

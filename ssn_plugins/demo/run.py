@@ -18,6 +18,7 @@ from mmengine.config import Config
 
 from ..engine import launch
 from ..extras import TOOLKIT_MODULES, require
+from ..fileio import replacing
 from ..mim import config_path
 from .shapes import make_demo_dataset
 
@@ -95,8 +96,9 @@ def run_demo(out: str, iters: int = 1500, num_train: int = 300, num_val: int = 5
                   train_minutes=round(train_minutes, 2), untrained=before, trained=after,
                   checkpoint=checkpoint, ratios_json=json_path, ratios_png=png_path,
                   latched_layers=sum(bool(r['latched']) for r in records), ssn_layers=len(records))
-    with open(osp.join(out, 'results.json'), 'w') as f:
-        json.dump(result, f, indent=1)
+    with replacing(osp.join(out, 'results.json')) as (tmp, ):
+        with open(tmp, 'w') as f:
+            json.dump(result, f, indent=1)
     print('\n== Which normalizer each SSN layer selected (IN / LN / BN) ==')
     print(summary)
     print(f'\n== COCO AP on {num_val} synthetic val images (CocoMetric, pycocotools) ==')

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from ..extras import require
-from ..fileio import replacing
+from ..fileio import replacing, temporary_folder
 
 __all__ = ['DEMO_CLASSES', 'make_demo_dataset', 'make_split', 'cls_size']
 
@@ -260,25 +260,28 @@ def make_demo_dataset(root: str, num_train: int = 300, num_val: int = 50, size: 
     study's data); the default set is the plain one the demo always used.
 
     Deterministic for a given ``seed``.  ``root/meta.json`` records the
-    arguments and whether the set is complete (it is written first marked
-    incomplete, and marked complete after the last file).  A complete set
+    arguments and whether the set is complete.  The set is built in a hidden
+    folder beside ``root`` and moved in once whole, so a failed or killed run
+    leaves ``root`` as it was.  A complete set
     made with the same arguments is kept; one made with different arguments
-    is an error unless ``overwrite``, which removes the old set's files first
-    (so no stale image is left for a loader to count).  An incomplete set (a
+    is an error unless ``overwrite``, which removes the old set's files once
+    the new set is built (so no stale image is left for a loader to count).  An incomplete set (a
     run that failed part-way), or one of an older layout made with the same
     arguments, is removed and written again.  A non-empty
     folder without ``meta.json`` is not a demo set and is refused, with or
     without ``overwrite``: nothing in it is touched.
     """
     require('pycocotools', purpose='the demo data set (COCO instance masks)')
-    for name, value, low in (('num_train', num_train, 1), ('num_val', num_val, 1), ('size', size, 32)):
-        if not isinstance(value, int) or value < low:
+    for name, value, low in (('num_train', num_train, 1), ('num_val', num_val, 1), ('size', size, 32),
+                             ('seed', seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f'{name} must be an int >= {low}, got {value!r}')
     meta = dict(num_train=num_train, num_val=num_val, size=size, seed=seed, classes=list(DEMO_CLASSES),
                 layout=LAYOUT_VERSION)
     if varied:
         meta['varied'] = True
     meta_path = osp.join(root, _META)
+    replace_old = False
     if osp.lexists(meta_path):
         old = _read_meta(root)
         complete = old.pop('complete', True)  # sets written before the flag existed were complete
@@ -289,18 +292,26 @@ def make_demo_dataset(root: str, num_train: int = 300, num_val: int = 50, size: 
         if complete and not overwrite and not older:
             raise ValueError(f'{root} already holds a demo data set made with {old}; '
                              f'pass overwrite=True (--overwrite) or another root to make {meta}')
-        _remove_set(root)
+        replace_old = True
     elif not _is_empty_dir(root):
         if not osp.isdir(root):
             raise ValueError(f'{root} exists and is not a folder; pick another root for the demo data')
         raise ValueError(f'{root} is not empty and holds no demo data set (no {_META}); refusing to '
                          f'write into it{" even with overwrite" if overwrite else ""}: pick an empty '
                          f'or new folder')
-    os.makedirs(root, exist_ok=True)
-    _write_json(meta_path, dict(meta, complete=False))
-    out = {'train': make_split(root, 'train', num_train, size, seed, varied=varied),
-           'val': make_split(root, 'val', num_val, size, seed + 1, first_id=num_train, varied=varied)}
-    _write_json(meta_path, dict(meta, complete=True))
+    # built in a hidden folder beside root and moved in at the end: a failure or a kill leaves
+    # no half-made set (the folder is removed then, or by the next write beside it)
+    with temporary_folder(root) as tmp:
+        out = {'train': make_split(tmp, 'train', num_train, size, seed, varied=varied),
+               'val': make_split(tmp, 'val', num_val, size, seed + 1, first_id=num_train, varied=varied)}
+        _write_json(osp.join(tmp, _META), dict(meta, complete=True))
+        if not osp.exists(root):
+            os.replace(tmp, root)
+        else:  # an empty folder, or an old set of ours: meta.json last
+            if replace_old:
+                _remove_set(root)
+            for name in _LAYOUT + (_META, ):
+                os.replace(osp.join(tmp, name), osp.join(root, name))
     return out
 
 

@@ -21,7 +21,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import os.path as osp
 import time
 import uuid
@@ -30,7 +29,7 @@ from typing import Callable, Sequence
 from mmengine.config import Config
 
 from ..engine import launch
-from ..fileio import replacing
+from ..fileio import check_destination, replacing
 from ..mim import config_path
 from .shapes import make_demo_dataset
 
@@ -213,14 +212,45 @@ def _write_json(path: str, obj) -> None:
             json.dump(obj, f, indent=1)
 
 
+def _study_error(path: str, problem: str) -> ValueError:
+    return ValueError(f'{path} {problem}: it is not a study this tool wrote; remove it to start '
+                      f'again, or pass another --out')
+
+
+def _check_record(path: str, i: int, r) -> None:
+    """``ValueError`` naming ``path`` and record ``i`` if it lacks what the table and plot read."""
+    if not isinstance(r, dict):
+        raise _study_error(path, f'has record {i} that is a {type(r).__name__}, not an object')
+    for key, kind in (('norm', str), ('batch', int), ('seed', int), ('mIoU', (int, float))):
+        if key not in r:
+            raise _study_error(path, f'has record {i} without {key!r}')
+        if isinstance(r[key], bool) or not isinstance(r[key], kind):
+            raise _study_error(path, f'has record {i} whose {key!r} is {r[key]!r}')
+    shares = r.get('shares')
+    if shares is not None and not (
+            isinstance(shares, dict) and all(
+                isinstance(shares.get(w), dict) and all(
+                    isinstance(shares[w].get(k), (int, float)) for k in _SHOWN) for w in ('mean', 'var'))):
+        raise _study_error(path, f'has record {i} whose shares are not {{mean, var}} x {_SHOWN} numbers')
+
+
 def _load_done(path: str, setting: StudySetting) -> list[dict]:
-    if not osp.exists(path):
+    """The records of an earlier run of this study, all checked before any training."""
+    if not osp.lexists(path):
         return []
-    with open(path) as f:
-        old = json.load(f)
-    if old.get('setting') != dataclasses.asdict(setting):
-        raise ValueError(f'{path} holds a study with another setting ({old.get("setting")}); '
+    try:
+        with open(path, encoding='utf-8') as f:
+            old = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise _study_error(path, f'cannot be read as JSON ({type(err).__name__}: {err})') from err
+    if not isinstance(old, dict) or not isinstance(old.get('setting'), dict) \
+            or not isinstance(old.get('records'), list):
+        raise _study_error(path, "is not an object with a 'setting' object and a 'records' list")
+    if old['setting'] != dataclasses.asdict(setting):
+        raise ValueError(f'{path} holds a study with another setting ({old["setting"]}); '
                          f'pass another --out, or remove it to start again')
+    for i, record in enumerate(old['records']):
+        _check_record(path, i, record)
     return old['records']
 
 
@@ -238,8 +268,9 @@ def run_study(out: str, setting: StudySetting = FULL, seeds: int = 2,
     for norm in norms:
         _norm_cfg(norm, setting.width)
     out = osp.abspath(out)
-    os.makedirs(out, exist_ok=True)
-    json_path = osp.join(out, 'study.json')
+    json_path, png_path = osp.join(out, 'study.json'), osp.join(out, 'study.png')
+    for path in (json_path, png_path):
+        check_destination(path)  # before the data and the first run
     records = _load_done(json_path, setting)
     done = {(r['norm'], r['batch'], r['seed']) for r in records}
     data_root = osp.join(out, 'data')
@@ -256,7 +287,7 @@ def run_study(out: str, setting: StudySetting = FULL, seeds: int = 2,
         log(f'[{i + 1}/{len(todo)}] {norm:<3} batch {batch} seed {seed}: mIoU {record["mIoU"]:5.1f}  '
             f'({record["iters"]} iters, {record["train_seconds"]:.0f} s; '
             f'{elapsed / 60:.1f} min so far)')
-    plot_study(records, osp.join(out, 'study.png'))
+    plot_study(records, png_path)
     log(format_table(records))
     return records
 

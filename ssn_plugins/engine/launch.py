@@ -23,7 +23,7 @@ from mmengine.runner import Runner
 from ..builder import read_config
 from ..compat import check_compile
 from ..extras import TOOLKIT_MODULES, require
-from ..fileio import unsafe_global
+from ..fileio import explain_load_error
 from .checkpoint_io import add_safe_checkpoint_hook
 from .compile import add_compile_hooks
 from .distributed import setup_cpu_distributed
@@ -100,11 +100,38 @@ def enable_compile(cfg: Config, backend: Optional[str] = None) -> Config:
     return cfg
 
 
+def _check_last_checkpoint(work_dir: str) -> None:
+    """``ValueError`` if the work dir's ``last_checkpoint`` (read by mmengine) cannot be resumed from.
+
+    mmengine reads the path in it as text and, for an empty or binary file,
+    fails with ``FileNotFoundError:  can not be found.`` or ``UnicodeDecodeError``.
+    No ``last_checkpoint`` at all is fine: mmengine then trains from scratch.
+    """
+    path = osp.join(work_dir, 'last_checkpoint')
+    if not osp.lexists(path):
+        return
+    fix = f'delete {path} to start from scratch, or pass --resume PATH'
+    try:
+        with open(path, 'rb') as f:
+            named = f.read().decode('utf-8').strip()
+    except UnicodeDecodeError:
+        raise ValueError(f'--resume: {path} is not text (it should hold the path of the latest '
+                         f'checkpoint): {fix}') from None
+    except OSError as err:
+        raise ValueError(f'--resume: cannot read {path} ({err.strerror or err}): {fix}') from err
+    if not named:
+        raise ValueError(f'--resume: {path} is empty (it should hold the path of the latest '
+                         f'checkpoint; was its write interrupted?): {fix}')
+    if '://' not in named and not osp.isfile(named):
+        raise ValueError(f'--resume: {path} names {named[:200]!r}, which is not a file: {fix}')
+
+
 def set_resume(cfg: Config, resume: Optional[str]) -> Config:
     """``resume=None``: no resume; ``'auto'``: the work dir's last checkpoint; else that file."""
     if resume is None:
         return cfg
     if resume == 'auto':
+        _check_last_checkpoint(cfg.work_dir)
         cfg.resume, cfg.load_from = True, None
     else:
         if not osp.isfile(resume):
@@ -130,15 +157,8 @@ def _explain_unsafe_checkpoint(path: Optional[str]) -> Iterator[None]:
     """Say why torch refused a checkpoint, keeping the refusal (and its type)."""
     try:
         yield
-    except pickle.UnpicklingError as err:
-        found = unsafe_global(err)
-        what = (f'a disallowed Python global ({found})' if found else
-                'pickled objects that are not tensors/containers')
-        raise pickle.UnpicklingError(
-            f'torch.load(weights_only=True) refused {path or "the checkpoint"}: it holds {what}, so it '
-            'was not written by these tools (SafeCheckpointHook) and may run code when loaded. '
-            'Nothing was loaded; if it comes from a trusted mmengine run, re-save it as weights only. '
-            f'Original error: {err}') from err
+    except pickle.UnpicklingError as err:  # the words convert and deploy use (one message)
+        raise pickle.UnpicklingError(str(explain_load_error(path or 'the checkpoint', err))) from err
 
 
 def train(cfg: Config) -> Runner:

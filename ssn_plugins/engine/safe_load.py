@@ -5,9 +5,11 @@ mmengine 0.10's ``CheckpointLoader`` (behind ``load_from``, ``resume``,
 ``tools/test.py``) calls ``torch.load`` without ``weights_only``.  torch 2.1
 to 2.5 then unpickle anything, and on torch >= 2.6 the environment variable
 ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` switches the default off.  Importing
-``ssn_plugins`` wraps every registered scheme (local files, http, torchvision://,
+``ssn_plugins`` wraps every scheme's loader (local files, http, torchvision://,
 open-mmlab://, ...) so that its ``torch.load`` runs with ``weights_only=True``
 passed explicitly, which neither the torch version nor the environment changes.
+The wrapping happens where ``CheckpointLoader`` looks a loader up, so a scheme
+registered later (``register_scheme``, ``force=True`` included) is wrapped too.
 The Runner's own checkpoints load because
 :class:`~ssn_plugins.engine.checkpoint_io.SafeCheckpointHook` wrote them as
 plain containers.
@@ -58,7 +60,17 @@ def weights_only_loader(loader: Callable) -> Callable:
 
 
 def make_checkpoint_loaders_safe() -> None:
-    """Wrap every scheme registered in mmengine's ``CheckpointLoader`` (idempotent)."""
+    """Wrap every loader mmengine's ``CheckpointLoader`` hands out, now and later (idempotent)."""
     schemes = CheckpointLoader._schemes
     for prefix, loader in list(schemes.items()):
         schemes[prefix] = weights_only_loader(loader)
+    lookup = CheckpointLoader.__dict__['_get_checkpoint_loader'].__func__
+    if getattr(lookup, 'weights_only', False):
+        return
+
+    @functools.wraps(lookup)
+    def _get_checkpoint_loader(cls, path):
+        return weights_only_loader(lookup(cls, path))
+
+    _get_checkpoint_loader.weights_only = True
+    CheckpointLoader._get_checkpoint_loader = classmethod(_get_checkpoint_loader)
