@@ -7,13 +7,14 @@ when a backward runs with ``create_graph=True`` (gradient penalties).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from .moments import (BatchPool, accumulation_dtype, branch_moments, local_batch_moments,
-                      update_running_stats)
+                      sample_moments, update_running_stats)
 
 __all__ = ['composite_switch_norm']
 
@@ -37,13 +38,13 @@ def composite_switch_norm(x: Tensor,
     """
     n, c = x.shape[:2]
     acc = accumulation_dtype(x)
-    x3 = x.reshape(n, c, -1).to(acc)  # (N, C, L)
-    var, mean = torch.var_mean(x3, dim=-1, correction=0)  # (N, C) each
+    xa = x.to(acc)  # (N, C, *) in x's memory format: no layout copy, and so is y
+    mean, var = sample_moments(xa)  # (N, C) each
     bn = None
     if 'bn' in normalizers:
         if training:
             pool = local_batch_moments if batch_pool is None else batch_pool
-            bn_mean, bn_var, count = pool(mean, var, x3.shape[-1])
+            bn_mean, bn_var, count = pool(mean, var, math.prod(x.shape[2:]))
             bn = (bn_mean, bn_var)
             if update_stats and running_mean is not None:
                 update_running_stats(bn_mean.detach(), bn_var.detach(), count, running_mean,
@@ -51,11 +52,12 @@ def composite_switch_norm(x: Tensor,
         else:
             bn = (running_mean.to(acc).view(1, c), running_var.to(acc).view(1, c))
     branches = branch_moments(mean, var, normalizers, bn)  # (2, K, N * C)
-    mixed = torch.bmm(ratios.to(acc).unsqueeze(1), branches).view(2, n, c, 1)
+    shape = (2, n, c) + (1, ) * (x.dim() - 2)
+    mixed = torch.bmm(ratios.to(acc).unsqueeze(1), branches).view(shape)
     scale = torch.rsqrt(mixed[1] + eps)
     if weight is not None:
-        scale = scale * weight.to(acc).view(1, c, 1)
-    y = (x3 - mixed[0]) * scale
+        scale = scale * weight.to(acc).view(shape[2:])
+    y = (xa - mixed[0]) * scale
     if bias is not None:
-        y = y + bias.to(acc).view(1, c, 1)
-    return y.to(x.dtype).view(x.shape)
+        y = y + bias.to(acc).view(shape[2:])
+    return y.to(x.dtype)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..compat import is_compiling
 
-__all__ = ['NORMALIZERS', 'BatchPool', 'channel_moments', 'row_moments', 'pool_moments', 'local_batch_moments',
+__all__ = ['NORMALIZERS', 'BatchPool', 'channel_moments', 'row_moments', 'sample_moments', 'pool_moments', 'local_batch_moments',
            'branch_moments', 'update_running_stats', 'accumulation_dtype']
 
 #: The normalizers a layer can switch between, in the order of its logits.
@@ -53,6 +53,18 @@ def channel_moments(input: Tensor) -> tuple[Tensor, Tensor]:
 def row_moments(rows: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of each row of ``rows`` (1, R, L): two (R,) tensors."""
     return channel_moments(rows)
+
+
+def sample_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance per (n, c) of ``x`` (N, C, *) in any memory format: two (N, C).
+
+    Reduces in place of a layout copy (channels_last has no (1, N*C, L) view);
+    differentiable.  2-D input has one value per (n, c): itself, variance 0.
+    """
+    if x.dim() == 2:
+        return x, torch.zeros_like(x)
+    var, mean = torch.var_mean(x, tuple(range(2, x.dim())), correction=0)
+    return mean, var
 
 
 def _batch_norm_update_stats_meta(input: Tensor, running_mean: Optional[Tensor],
