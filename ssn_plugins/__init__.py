@@ -9,6 +9,8 @@ It also lets mmengine resolve ``_base_ = 'ssn_plugins::<path under configs/>'``.
 """
 from .checkpoint import (ResNetReleasedStem, SwitchNormPretrained, convert_checkpoint,
                          use_released_stem)
+from .convert import (LeftoverNormHook, check_leftover_norms, convert_config, convert_norms,
+                      plain_norms)
 from .deploy import collapse_norms
 from .engine import (SafeCheckpointHook, SSNLogitClipHook, SSNRadiusHook, SwitchNormEvalHook,
                      SwitchNormLogitClipHook, SwitchNormMonitorHook, apply_norm_eval,
@@ -33,5 +35,6 @@ __all__ = [
     'SSNRadiusHook', 'SwitchNormEvalHook', 'SwitchNormMonitorHook', 'SafeCheckpointHook',
     'SwitchNormLogitClipHook', 'SSNLogitClipHook',
     'apply_norm_eval', 'SwitchNormPretrained', 'ResNetReleasedStem', 'convert_checkpoint',
-    'use_released_stem', 'collapse_norms', 'config_path', '__version__'
+    'use_released_stem', 'collapse_norms', 'convert_norms', 'convert_config', 'plain_norms',
+    'check_leftover_norms', 'LeftoverNormHook', 'config_path', '__version__'
 ]

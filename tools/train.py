@@ -1,6 +1,6 @@
 """Train an mmdet, mmseg or mmpretrain config (SN/SSN or not) with mmengine's Runner.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+    python tools/train.py CONFIG [--norm SN|SSN|SyncSN|SyncSSN] [--work-dir DIR] [--resume [CKPT]] [--amp]
                          [--compile] [--compile-backend NAME]
                          [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 """
@@ -10,6 +10,7 @@ import sys
 
 from mmengine.config import DictAction
 
+from ssn_plugins.convert import NORM_TYPES
 from ssn_plugins.engine import launch
 from ssn_plugins.extras import MissingExtraError
 
@@ -17,6 +18,10 @@ from ssn_plugins.extras import MissingExtraError
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a detector, segmentor or classifier')
     parser.add_argument('config', help='train config file path')
+    parser.add_argument('--norm', choices=NORM_TYPES, default=None,
+                        help='convert every norm layer of the config (an upstream one too, e.g. '
+                             'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py) to this type first; '
+                             'the work dir keeps the converted config')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument('--amp', action='store_true', help='mixed precision training (needs CUDA)')
     parser.add_argument('--compile', action='store_true',
@@ -36,7 +41,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     launch.local_rank_env(args.local_rank)
-    cfg = launch.load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    cfg = launch.load_config(args.config, args.cfg_options, args.work_dir, args.launcher, args.norm)
     if args.amp:
         launch.enable_amp(cfg)
     if args.compile or args.compile_backend:

@@ -9,6 +9,8 @@ custom_hooks = [
     # Runner checkpoints that load under torch's weights_only=True, also with
     # mmdet's/mmseg's own tools/train.py and tools/test.py
     dict(type='SafeCheckpointHook'),
+    # names any BN/SyncBN/GN layer a norm_cfg missed, before training starts
+    dict(type='LeftoverNormHook'),
 ]
 # The released recipe for the switching logits: a tenth of the learning rate,
 # no weight decay; the log gets one line on it instead of one per parameter.

@@ -17,10 +17,12 @@ import torch
 from mmengine.logging import print_log
 from mmengine.model.weight_init import update_init_info
 from mmengine.registry import WEIGHT_INITIALIZERS
+from mmengine.runner import CheckpointLoader
 from torch import nn
 
 from ..fileio import format_keys, read_checkpoint, read_state_dict
 from ..norm.switch_norm import SparseSwitchNormBase
+from .mapping import map_plain_norms
 from .stem import stem_pool_of
 
 __all__ = ['SwitchNormPretrained', 'check_state_dict', 'relearn_selection', 'SOFT_LOGIT']
@@ -111,6 +113,15 @@ class SwitchNormPretrained:
         check_stem: compare the module's stem max-pool with the one the
             weights were trained with (the file's ``meta['stem_pool']``) and
             raise when they differ; ``False`` fine-tunes with the module's pool.
+        map_norms: the checkpoint is of the same network with BN/GN layers
+            (a torchvision or mmcv ResNet, an upstream model): map their
+            weights and statistics onto the SN/SSN layers (``bn1`` to
+            ``sn1``), keep the layers' own logits, and refuse any key that
+            does not fit (see :func:`~ssn_plugins.checkpoint.mapping.map_plain_norms`).
+            ``checkpoint`` may then also be a ``torchvision://``,
+            ``open-mmlab://`` or ``http(s)://`` address, read through
+            mmengine's loaders with ``weights_only=True``.
+            :func:`ssn_plugins.convert_config` sets this.
     """
 
     def __init__(self,
@@ -119,7 +130,8 @@ class SwitchNormPretrained:
                  map_location: Union[str, torch.device] = 'cpu',
                  relearn_selection: bool = False,
                  relearn_logits: str = 'soft',
-                 check_stem: bool = True) -> None:
+                 check_stem: bool = True,
+                 map_norms: bool = False) -> None:
         if not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f'checkpoint must be a path, got {type(checkpoint).__name__}')
         if not isinstance(relearn_selection, bool):
@@ -133,9 +145,17 @@ class SwitchNormPretrained:
         self.relearn_selection = relearn_selection
         self.relearn_logits = relearn_logits
         self.check_stem = check_stem
+        if not isinstance(map_norms, bool):
+            raise TypeError(f'map_norms must be a bool, got {map_norms!r}')
+        self.map_norms = map_norms
 
     def _load(self) -> tuple[dict, dict]:
         path = self.checkpoint
+        if self.map_norms and re.match(r'^[a-z][a-z0-9+.-]*://', path):
+            # mmengine's scheme loaders (torchvision://, open-mmlab://, http), made weights_only
+            # at package import (ssn_plugins.engine.safe_load)
+            ckpt = CheckpointLoader.load_checkpoint(path, map_location=self.map_location)
+            return self._select(read_state_dict(ckpt, where=path)), {}
         if re.match(r'^[a-z][a-z0-9+.-]*://', path):
             raise ValueError(f'SwitchNormPretrained loads local files, got {path!r}: download it and '
                              f'convert it with python tools/convert_checkpoint.py SRC DST')
@@ -149,13 +169,18 @@ class SwitchNormPretrained:
                 f'backbone init_cfg=None to train from scratch')
         ckpt = read_checkpoint(os.path.expanduser(path), map_location=self.map_location)
         meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
-        state_dict = read_state_dict(ckpt, where=path)
-        if self.prefix is not None:
-            prefix = self.prefix if self.prefix.endswith('.') else self.prefix + '.'
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-            if not state_dict:
-                raise ValueError(f'{path} has no key starting with {prefix!r}')
+        state_dict = self._select(read_state_dict(ckpt, where=path))
         return state_dict, meta if isinstance(meta, dict) else {}
+
+    def _select(self, state_dict: dict) -> dict:
+        """The entries under ``prefix`` (stripped), or all of them."""
+        if self.prefix is None:
+            return state_dict
+        prefix = self.prefix if self.prefix.endswith('.') else self.prefix + '.'
+        selected = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if not selected:
+            raise ValueError(f'{self.checkpoint} has no key starting with {prefix!r}')
+        return selected
 
     def _check_stem(self, module: nn.Module, meta: dict) -> None:
         trained, built = meta.get('stem_pool'), stem_pool_of(module)
@@ -172,12 +197,20 @@ class SwitchNormPretrained:
 
     def __call__(self, module: nn.Module) -> None:
         state_dict, meta = self._load()
-        check_state_dict(module, state_dict, source=self.checkpoint)
+        if self.map_norms:
+            state_dict, report = map_plain_norms(module, state_dict, source=self.checkpoint)
+            print_log(f"load model from: {self.checkpoint} (BN/GN mapped onto {report['norm_layers']} "
+                      f"SN/SSN layers, {report['tensors']} tensors, weights_only)", logger='current')
+            if report['without_statistics']:
+                print_log(f"{len(report['without_statistics'])} layers had no running statistics in "
+                          f'the checkpoint (GroupNorm?): theirs start at 0/1', logger='current')
+        else:
+            check_state_dict(module, state_dict, source=self.checkpoint)
+            print_log(f'load model from: {self.checkpoint} (strict, weights_only)', logger='current')
         self._check_stem(module, meta)
-        print_log(f'load model from: {self.checkpoint} (strict, weights_only)', logger='current')
         result = module.load_state_dict(state_dict, strict=False)
-        assert not result.unexpected_keys and all(
-            k.endswith('num_batches_tracked') for k in result.missing_keys), result
+        assert not result.unexpected_keys, result
+        assert self.map_norms or all(k.endswith('num_batches_tracked') for k in result.missing_keys), result
         if self.relearn_selection:
             changed = relearn_selection(module, self.relearn_logits)
             if changed == 0:

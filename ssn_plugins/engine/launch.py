@@ -17,6 +17,7 @@ from typing import Iterator, Optional
 
 import torch
 from mmengine.config import Config
+from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
@@ -46,17 +47,29 @@ def toolkit_of(cfg: Config) -> str:
 
 
 def load_config(config: str, cfg_options: Optional[dict] = None, work_dir: Optional[str] = None,
-                launcher: str = 'none') -> Config:
+                launcher: str = 'none', norm: Optional[str] = None) -> Config:
     """Read ``config`` and apply the command-line overrides, as mmdet/mmseg ``train.py`` do.
 
-    ``work_dir`` precedence: argument, then the config's, then
-    ``./work_dirs/<config name>``.
+    ``config`` may be an upstream one (``mmdet::mask_rcnn/...py``); ``norm``
+    (``'SSN'``, ...) converts it with :func:`~ssn_plugins.convert.convert_config`
+    before the overrides.  ``work_dir`` precedence: argument, then the
+    config's, then ``./work_dirs/<config name>``.
     """
+    from ..convert import LeftoverNormHook, asks_switch_norm, convert_config, upstream_config_path
+    config = upstream_config_path(config)
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file not found: {config}')
     if launcher not in LAUNCHERS:
         raise ValueError(f'launcher must be one of {LAUNCHERS}, got {launcher!r}')
     cfg = read_config(config)
+    if norm is not None:
+        notes = []
+        cfg = convert_config(cfg, norm, notes)
+        for note in notes:
+            print_log(f'--norm {norm}: {note}', logger='current')
+    if asks_switch_norm(cfg) and not any(
+            h.get('type') in ('LeftoverNormHook', LeftoverNormHook) for h in cfg.get('custom_hooks', [])):
+        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='LeftoverNormHook')]
     cfg.launcher = launcher
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -158,6 +171,8 @@ def _explain_unsafe_checkpoint(path: Optional[str]) -> Iterator[None]:
     try:
         yield
     except pickle.UnpicklingError as err:  # the words convert and deploy use (one message)
+        if getattr(err, 'explained', False):  # by safe_load, naming the file it read
+            raise
         raise pickle.UnpicklingError(str(explain_load_error(path or 'the checkpoint', err))) from err
 
 
