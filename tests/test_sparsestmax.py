@@ -228,3 +228,42 @@ def test_tie_without_push_has_the_sparsemax_gradient(z, mode, path):
     assert pushed[0] > pushed[1]
     (pushed * weights).sum().backward()
     assert torch.equal(logits.grad, torch.zeros_like(z))
+
+
+def _extreme_logits(k: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    """Rows mixing +-1e20, +-3e38 (near float32's limit) with ordinary logits and ties."""
+    big = [1e20, -1e20, 3e38, -3e38, 3e38 * 0.999, 0.0, 0.5, -0.2]
+    rows = [[1e20, -1e20, 0.0] + [0.0] * (k - 3), [3e38, -3e38, 0.0] + [1.0] * (k - 3),
+            [3e38] * 2 + [-3e38] * (k - 2), [-3e38] * k, [3e38] * k, [-3e38] * (k - 1) + [-3e38 * 0.999]]
+    picks = torch.randint(len(big), (200, k), generator=generator)
+    rows += torch.tensor(big, dtype=torch.float64)[picks].tolist()
+    return torch.tensor([row[:k] for row in rows], dtype=dtype)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('k', [3, 4])
+def test_extreme_finite_logits_are_finite_and_correct(k, mode, dtype, path):
+    """Any finite logits, even +-3e38: the float64 reference after a shift (minus the row max)."""
+    if k > 3 and path == 'closed':
+        pytest.skip('K > 3 always takes the loop')
+    z = _extreme_logits(k, dtype, torch.Generator().manual_seed(k))
+    assert torch.isfinite(z).all()
+    shifted = [[x - max(row) for x in row] for row in z.double().tolist()]  # exact in float64
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    expected = torch.tensor([ref_sparsemax(row) for row in shifted], dtype=torch.float64)
+    torch.testing.assert_close(sparsemax(z).double(), expected, rtol=0, atol=tol)
+    for r in (0.0, 0.3, 0.6, 1.5):
+        expected = torch.tensor([ref_sparsestmax(row, r, mode) for row in shifted], dtype=torch.float64)
+        zg = z.clone().requires_grad_(True)
+        out = sparsestmax(zg, r, mode=mode)
+        torch.testing.assert_close(out.double(), expected, rtol=0, atol=tol, msg=f'r={r}')
+        out.backward(torch.randn(out.shape, dtype=dtype, generator=torch.Generator().manual_seed(0)))
+        assert torch.isfinite(zg.grad).all(), r
+
+
+def test_issue_19_probe_is_sparsemax_at_radius_zero():
+    z = torch.tensor([[1e20, -1e20, 0.]])
+    for mode in MODES:
+        assert sparsestmax(z, 0.3, mode=mode).tolist() == [[1.0, 0.0, 0.0]]
+        assert sparsestmax(z, 0.0, mode=mode).tolist() == sparsemax(z).tolist() == [[1.0, 0.0, 0.0]]

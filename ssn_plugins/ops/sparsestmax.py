@@ -63,9 +63,21 @@ def _check_logits(logits: Tensor, dim: int) -> None:
         raise ValueError('logits contain NaN or inf; sparsemax/sparsestmax need finite logits')
 
 
+#: Logits this far or further below a row's maximum get 0 from sparsemax and every SparsestMax
+#: stage (anything >= 1 would do), so they are clipped to it: the results stay the same, and
+#: finite logits as far apart as float32 allows (+-3e38) never overflow to inf or NaN.
+_FAR_BELOW = 2.0
+
+
+def _shifted(z: Tensor) -> Tensor:
+    """``z - max(z)`` along the last dim, clipped to ``[-_FAR_BELOW, 0]`` (never inf: a difference
+    that overflows is clipped like any other far one)."""
+    return (z - z.amax(-1, keepdim=True)).clamp_min(-_FAR_BELOW)
+
+
 def _sparsemax_last(z: Tensor) -> Tensor:
     """Sparsemax over the last dimension (no checks)."""
-    z = z - z.amax(-1, keepdim=True)  # shift invariance; keeps cumsum small
+    z = _shifted(z)  # shift invariance; keeps cumsum small and finite
     z_sorted, _ = torch.sort(z, dim=-1, descending=True)
     k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
     cumsum = z_sorted.cumsum(-1)
@@ -182,6 +194,7 @@ class _ClosedForm(torch.autograd.Function):
         k = z.shape[-1]
         basis = _basis(k, z.dtype, z.device)
         zs, order = torch.sort(z, dim=-1, descending=True, stable=True)  # (..., K)
+        zs = _shifted(zs)  # the output is the same; the moments below stay finite
         w = zs - zs.mean(-1, keepdim=True)  # exact zeros between tied logits
         edge_r = _edge_radius(r, basis, paper)  # R_e / sqrt 2 from a dense start, (..., 1)
         if k == 2:
