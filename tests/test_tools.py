@@ -6,6 +6,9 @@ import math
 import os
 import os.path as osp
 import pickle
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -142,3 +145,92 @@ def test_malicious_pickle_still_refused(demo_dir, monkeypatch, force_unsafe):
     with pytest.raises(pickle.UnpicklingError, match='not written by these tools'):
         _tool('test').main([DET_CFG, path, '--work-dir', str(tmp_path / 'w')])
     assert not os.path.exists(marker)
+
+
+# -- with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, no Runner load runs a pickle's code ---------------
+
+_EVIL = """
+import sys, torch
+class Evil:
+    def __reduce__(self):
+        return exec, (f"open({sys.argv[2]!r}, 'w').write('pwned')", )
+torch.save({'state_dict': {}, 'meta': {'x': Evil()}}, sys.argv[1])
+"""
+
+
+def _evil_checkpoint(folder):
+    """A checkpoint whose unpickling writes folder/marker (with weights_only=False)."""
+    path, marker = str(folder / 'evil.pth'), str(folder / 'marker')
+    subprocess.run([sys.executable, '-c', _EVIL, path, marker], check=True)
+    return path, marker
+
+
+def _run_unsafe_env(args, cwd):
+    """A tool in its own process with the variable that switches torch.load's default off."""
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.parametrize('how', ['test', 'resume', 'load_from', 'init_cfg_pretrained'])
+def test_runner_loads_never_run_a_pickle_even_with_the_variable_set(demo_dir, how):
+    """tools/test.py CFG evil.pth, train --resume evil.pth, load_from and init_cfg Pretrained, each
+    run as a real process with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1: refused, the file named, no code run."""
+    evil, marker = _evil_checkpoint(demo_dir)
+    work = str(demo_dir / 'w')
+    seg_tiny = TINY + ['val_dataloader.batch_size=1', *_schedule(1, 1)]
+    config = SEG_CFG
+    if how == 'init_cfg_pretrained':
+        config = str(demo_dir / 'pretrained.py')
+        with open(config, 'w') as f:
+            f.write(f"_base_ = {SEG_CFG!r}\nmodel = dict(backbone=dict(init_cfg=dict(_delete_=True, "
+                    f"type='Pretrained', checkpoint={evil!r})))\n")
+    args = {'test': [osp.join(REPO, 'tools', 'test.py'), config, evil, '--work-dir', work,
+                     '--cfg-options', *seg_tiny],
+            'resume': [osp.join(REPO, 'tools', 'train.py'), config, '--work-dir', work, '--resume', evil,
+                       '--cfg-options', *seg_tiny],
+            'load_from': [osp.join(REPO, 'tools', 'train.py'), config, '--work-dir', work,
+                          '--cfg-options', f'load_from={evil}', *seg_tiny],
+            'init_cfg_pretrained': [osp.join(REPO, 'tools', 'train.py'), config, '--work-dir', work,
+                                    '--cfg-options', *seg_tiny]}[how]
+    done = _run_unsafe_env(args, demo_dir)
+    assert not os.path.exists(marker), 'the payload ran'
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.search(rf'^(train|test): {re.escape(evil)} holds a disallowed Python global '
+                     r'\(((__builtin__|builtins)\.)?exec\) that torch\.load\(weights_only=True\) refuses to '
+                     r'unpickle: it was not written by these tools and may run code when loaded; nothing was '
+                     r'loaded or run\.', last), last
+
+
+_LATE_SCHEME = """
+import sys, torch
+import ssn_plugins  # wraps mmengine's loaders
+from mmengine.runner import CheckpointLoader
+
+def load_from_mine(filename, map_location):  # registered after the import, as a plugin would
+    return torch.load(filename[len('mine://'):], map_location=map_location)
+
+CheckpointLoader.register_scheme('mine://', load_from_mine)
+def load_local(filename, map_location):
+    return torch.load(filename, map_location=map_location)
+
+CheckpointLoader.register_scheme('', load_local, force=True)  # and over the local files' loader
+for path in ('mine://' + sys.argv[1], sys.argv[1]):
+    try:
+        CheckpointLoader.load_checkpoint(path, map_location='cpu')
+        print('loaded')
+    except Exception as err:
+        print(type(err).__name__, str(err).splitlines()[0][:200])
+"""
+
+
+def test_a_scheme_registered_after_import_is_weights_only_too(tmp_path):
+    evil, marker = _evil_checkpoint(tmp_path)
+    done = _run_unsafe_env(['-c', _LATE_SCHEME, evil], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not os.path.exists(marker), 'the payload ran'
+    lines = [line for line in done.stdout.splitlines() if ' - mmengine - ' not in line]
+    assert [line.split(' holds ')[0] for line in lines] == [f'UnpicklingError mine://{evil}',
+                                                            f'UnpicklingError {evil}'], lines
+    assert all('disallowed Python global' in line for line in lines), lines

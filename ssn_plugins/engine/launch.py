@@ -25,6 +25,7 @@ from ..builder import read_config
 from ..compat import check_compile
 from ..extras import TOOLKIT_MODULES, require
 from ..fileio import explain_load_error
+from ..registry import check_norm_cfgs
 from .checkpoint_io import add_safe_checkpoint_hook
 from .compile import add_compile_hooks
 from .distributed import setup_cpu_distributed
@@ -160,6 +161,8 @@ def build_runner(cfg: Config) -> Runner:
     """
     setup_cpu_distributed(cfg)  # torchrun on CPUs: gloo, DDP without device ids
     add_compile_hooks(cfg)
+    if isinstance(cfg.get('model'), dict):  # an unknown norm_cfg type, named before the Runner starts
+        check_norm_cfgs(cfg.model, cfg.get('default_scope'), source=cfg.filename or 'the config')
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)

@@ -24,16 +24,25 @@ from typing import Callable
 import torch
 from mmengine.runner import CheckpointLoader
 
+from ..fileio import explain_load_error
+
 __all__ = ['weights_only_loader', 'make_checkpoint_loaders_safe']
 
 _LOCK = threading.RLock()
+
+
+def _explained(message: str) -> pickle.UnpicklingError:
+    err = pickle.UnpicklingError(message)
+    err.explained = True  # names the file already: launch keeps it as it is
+    return err
 
 
 def _weights_only(load: Callable) -> Callable:
     @functools.wraps(load)
     def safe_load(*args, **kwargs):
         if kwargs.get('weights_only') is False:
-            raise pickle.UnpicklingError('ssn_plugins loads checkpoints with weights_only=True only')
+            raise _explained('a checkpoint loader asked torch.load for weights_only=False, which '
+                             'ssn_plugins refuses (it would let the file run code); nothing was loaded')
         kwargs['weights_only'] = True
         return load(*args, **kwargs)
 
@@ -52,6 +61,11 @@ def weights_only_loader(loader: Callable) -> Callable:
             torch.load = _weights_only(load)
             try:
                 return loader(*args, **kwargs)
+            except pickle.UnpicklingError as err:  # named as convert and deploy name it
+                if getattr(err, 'explained', False):
+                    raise
+                source = args[0] if args else kwargs.get('filename', 'the checkpoint')
+                raise _explained(str(explain_load_error(source, err))) from err
             finally:
                 torch.load = load
 
