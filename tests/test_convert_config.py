@@ -231,3 +231,19 @@ def test_written_config_reads_back_the_same(tmp_path):
     cfg.dump(path)
     back = Config.fromfile(path)
     assert back.model.to_dict() == cfg.model.to_dict() and os.path.getsize(path) > 0
+
+
+def test_the_readme_short_form_config(tmp_path):
+    """The README's few-line child of an upstream config: SSN in the backbone, our runtime base."""
+    path = tmp_path / 'mask-rcnn_r50-ssn.py'
+    path.write_text(
+        "_base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', 'ssn_plugins::_base_/ssn_runtime.py']\n"
+        "model = dict(backbone=dict(norm_cfg=dict(type='SSN'), norm_eval=False, init_cfg=dict(\n"
+        "    type='SwitchNormPretrained', checkpoint='torchvision://resnet50', map_norms=True)))\n"
+        "optim_wrapper = _base_.switch_norm_optim_wrapper\n")
+    cfg = Config.fromfile(str(path))
+    assert cfg.optim_wrapper.optimizer.type == 'SGD'  # merged into the upstream one, not replaced
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys['var_weight'] == dict(lr_mult=0.1, decay_mult=0.0)
+    assert 'SSNRadiusHook' in [h['type'] for h in cfg.custom_hooks]
+    model = build_model(cfg, from_scratch=True)
+    assert plain_norms(model) == {} and sum(map(is_switch_norm, model.modules())) == 53
