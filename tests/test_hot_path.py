@@ -84,7 +84,9 @@ def test_synced_layers_in_one_process_read_nothing_on_the_host(state):
 
 
 # at most this many times BatchNorm2d's kernels per training step (forward + backward)
-BUDGET = {'sn': 8, 'mixed': 8, 'free': 12, 'bn': 2}
+# 'free': 13 since issue 19 (one table lookup decides on the device whether a layer latched there
+# on IN/LN may still update its running statistics)
+BUDGET = {'sn': 8, 'mixed': 8, 'free': 13, 'bn': 2}
 
 
 def _accumulating_step_kernels(layer: nn.Module, x: torch.Tensor) -> int:

@@ -10,7 +10,7 @@ from torch import Tensor
 from ..ops.constants import cached_constant
 from ..ops.sparsestmax import SPARSESTMAX_MODES, sparsestmax_unchecked
 
-__all__ = ['switch_ratios', 'latched_choices', 'one_hot_ratios']
+__all__ = ['switch_ratios', 'latched_choices', 'one_hot_ratios', 'bn_in_use']
 
 
 def switch_ratios(logits: Tensor,
@@ -58,6 +58,13 @@ def latched_choices(ratios: Tensor) -> Tensor:
     """(..., 2) index of each one-hot row of ``ratios`` (..., 2, K), -1 elsewhere."""
     index = _arange(ratios.shape[-1], ratios.device).expand_as(ratios)
     return index.masked_fill(ratios.detach() != 1, -1).amax(-1)
+
+
+def bn_in_use(choices: Tensor, k: int, bn_index: int) -> Tensor:
+    """0-d float32, 1 where the BN branch can take part (a (2,) choice is free, -1, or ``bn_index``), else 0."""
+    table = cached_constant(('bn in use', k, bn_index, choices.device), lambda: torch.tensor(
+        [float(i == bn_index) for i in range(k)] + [1.0], device=choices.device))  # [-1]: free
+    return table[choices].amax()
 
 
 def _vertex_logits(k: int, dtype: torch.dtype, device: torch.device) -> Tensor:

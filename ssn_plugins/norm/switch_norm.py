@@ -25,12 +25,12 @@ from ..compat import custom_functions_traceable
 from ..ops.sparsestmax import SPARSESTMAX_MODES
 from .functional import keep_in_graph, latched_norm, switch_norm
 from .moments import NORMALIZERS, BatchPool
-from .ratios import latched_choices, one_hot_ratios, switch_ratios
+from .ratios import bn_in_use, latched_choices, one_hot_ratios, switch_ratios
 
 __all__ = [
     'SwitchNormBase', 'SparseSwitchNormBase', 'SwitchNorm1d', 'SwitchNorm2d', 'SwitchNorm3d',
     'SparseSwitchNorm1d', 'SparseSwitchNorm2d', 'SparseSwitchNorm3d', 'is_switch_norm',
-    'update_choices'
+    'update_choices', 'radius_problem'
 ]
 
 
@@ -144,25 +144,36 @@ class SwitchNormBase(nn.Module):
         return None
 
     def _bn_can_contribute(self) -> bool:
+        """False where the host knows the BN branch takes no part (latched on IN/LN for both)."""
         latched = self._host_latched()
         return 'bn' in self.normalizers and (latched is None or 'bn' in latched)
 
-    def _momentum(self) -> Union[float, Tensor]:
-        """The running-average factor of this training step: momentum, or ``1 / t`` (momentum=None)."""
-        if self.momentum is not None or self.num_batches_tracked is None:
-            return self.momentum if self.momentum is not None else 0.0
-        self.num_batches_tracked.add_(1)
-        return self.num_batches_tracked.reciprocal()
+    def _bn_in_use(self, choices: Optional[Tensor]) -> Optional[Tensor]:
+        """1.0/0.0 (0-d, on the device) where only this step's latched ``choices`` tell whether the
+        BN branch takes part; None where the host knows it does."""
+        return None
+
+    def _advance_running_average(self, in_use: Optional[Tensor]) -> Union[float, Tensor]:
+        """Count this training step; return its running-average factor: momentum, or ``1 / t`` (momentum=None).
+
+        ``in_use`` (see :meth:`_bn_in_use`) scales the factor and the count on
+        the device, so a layer latched there on IN/LN leaves its statistics alone.
+        """
+        if self.num_batches_tracked is None:
+            momentum = self.momentum if self.momentum is not None else 0.0
+            return momentum if in_use is None else in_use * momentum
+        self.num_batches_tracked.add_(1 if in_use is None else in_use.long())
+        if in_use is None:
+            return self.num_batches_tracked.reciprocal()
+        return in_use / self.num_batches_tracked.clamp_min(1)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         batch_pool = self._batch_pool()
         if x.numel() == 0 and batch_pool is None:  # synced layers still join the collectives
             return self._empty_forward(x)
-        if (self.training and batch_pool is None and self._bn_can_contribute()
-                and x.numel() == x.shape[1]):
-            raise ValueError(f'{type(self).__name__}: Expected more than 1 value per channel when '
-                             f'training (the BN branch), got input size {tuple(x.shape)}')
+        can_use_bn = self._bn_can_contribute()
+        single = self.training and batch_pool is None and x.numel() == x.shape[1]
         anchored = self.training and torch.is_grad_enabled()
         latched = self._host_latched()
         if latched is not None and latched[0] == latched[1] and (
@@ -173,6 +184,7 @@ class SwitchNormBase(nn.Module):
                              self.bias, self.training, self.momentum, self.eps)
             if y is not None:
                 return y
+        choices = None  # this step's latched choices, where only the device knows them
         if latched is not None:  # latched on two normalizers: one-hot ratios, no SparsestMax
             ratios = self._one_hot_ratios()
             if anchored:
@@ -180,18 +192,31 @@ class SwitchNormBase(nn.Module):
         else:
             ratios = self._ratios(self._device_choices())
             if self.training:
-                self._record_latching(ratios)
-        momentum = self._momentum() if self.training and 'bn' in self.normalizers else self.momentum
+                choices = self._record_latching(ratios)
+        running_mean, running_var, momentum = self.running_mean, self.running_var, self.momentum
+        if self.training and 'bn' in self.normalizers:
+            if can_use_bn:
+                in_use = self._bn_in_use(choices)
+                if single:  # as BatchNorm, unless the device knows the BN branch takes no part
+                    message = (f'{type(self).__name__}: Expected more than 1 value per channel when '
+                               f'training (the BN branch), got input size {tuple(x.shape)}')
+                    if in_use is None:
+                        raise ValueError(message)
+                    torch._assert_async(in_use.logical_not(), message)
+                momentum = self._advance_running_average(in_use)
+            else:  # latched on IN/LN: the running statistics are never read, so never written
+                running_mean = running_var = None
         fused = batch_pool is None and custom_functions_traceable()
-        return switch_norm(x, ratios, self.normalizers, self.running_mean, self.running_var,
+        return switch_norm(x, ratios, self.normalizers, running_mean, running_var,
                            self.weight, self.bias, self.training, momentum, self.eps,
                            path='fused' if fused else 'composite', batch_pool=batch_pool)
 
     def _one_hot_ratios(self) -> Tensor:
         return one_hot_ratios(self._device_choices(), len(self.normalizers))
 
-    def _record_latching(self, ratios: Tensor) -> None:
-        pass
+    def _record_latching(self, ratios: Tensor) -> Optional[Tensor]:
+        """Latch the one-hot rows of ``ratios`` on the device (SSN); the (2,) choices, or None."""
+        return None
 
     def _empty_forward(self, x: Tensor) -> Tensor:
         """As BatchNorm on an empty batch: an empty output, statistics untouched, parameters in the graph."""
@@ -201,6 +226,13 @@ class SwitchNormBase(nn.Module):
         if self.training and torch.is_grad_enabled():
             y = keep_in_graph(y, self.mean_weight, self.var_weight)
         return y
+
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` calls this first (on every submodule): refuse in one clear line."""
+        raise TypeError(f'{type(self).__name__}: TorchScript (torch.jit.script) is not supported by '
+                        f'SN/SSN layers; use torch.compile, or collapse the latched layers into '
+                        f'plain BatchNorm/InstanceNorm/GroupNorm with tools/deploy.py '
+                        f'(ssn_plugins.collapse_norms) and script that model')
 
     def extra_repr(self) -> str:
         return ('{num_features}, eps={eps}, momentum={momentum}, affine={affine}, '
@@ -249,9 +281,11 @@ class SparseSwitchNormBase(SwitchNormBase):
         if isinstance(radius, bool) or not isinstance(radius, numbers.Real):
             raise TypeError(f'{type(self).__name__}.set_radius: radius must be a finite number '
                             f'in [0, inf), got {type(radius).__name__} {radius!r}')
-        if not (math.isfinite(radius) and radius >= 0):
+        limit = torch.finfo(self.radius.dtype).max
+        if not (math.isfinite(radius) and 0 <= radius <= limit):
             raise ValueError(f'{type(self).__name__}.set_radius: radius must be a finite number '
-                             f'in [0, inf), got {radius!r}')
+                             f'in [0, {limit:.4g}] (the {self.radius.dtype} radius buffer), '
+                             f'got {radius!r}; any radius >= 1 already makes every row one-hot')
         self.radius.fill_(float(radius))
 
     def _index(self, choice: Union[int, str], which: str) -> int:
@@ -293,14 +327,26 @@ class SparseSwitchNormBase(SwitchNormBase):
             return None
         return self.normalizers[mean_index], self.normalizers[var_index]
 
-    def _record_latching(self, ratios: Tensor) -> None:
-        """Latch the rows of ``ratios`` that came out one-hot, on the device."""
+    def _bn_in_use(self, choices: Optional[Tensor]) -> Optional[Tensor]:
+        if choices is None or 'bn' not in self.normalizers:
+            return None
+        return bn_in_use(choices, len(self.normalizers), self.normalizers.index('bn'))
+
+    def _record_latching(self, ratios: Tensor) -> Tensor:
+        """Latch the rows of ``ratios`` that came out one-hot, on the device; return the (2,) choices."""
         choices = latched_choices(ratios)
         torch._foreach_copy_([self.mean_choice, self.var_choice], list(choices.unbind()))
+        return choices
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
         k = len(self.normalizers)
+        radius = state_dict.get(prefix + 'radius')
+        if radius is not None:
+            problem = radius_problem(radius)
+            if problem:
+                error_msgs.append(f'{prefix}radius: {problem}')
+                return
         seen = list(self._choices_seen)
         for slot, which in enumerate(('mean_choice', 'var_choice')):
             value = state_dict.get(prefix + which)
@@ -322,6 +368,24 @@ class SparseSwitchNormBase(SwitchNormBase):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode='{self.mode}'"
+
+
+def radius_problem(radius) -> str:
+    """Why a stored SSN ``radius`` is unusable ('' when it is fine): it must be finite and >= 0.
+
+    Read on the host: for loading checkpoints, never in a forward.
+    """
+    if not isinstance(radius, Tensor) or not radius.is_floating_point() or radius.numel() == 0:
+        return f'expected a floating-point scalar tensor, got {radius!r}'
+    if radius.is_meta:
+        return ''  # no values to check (a model built on the meta device)
+    values = radius.detach().flatten().double()
+    bad = values[~(values.isfinite() & (values >= 0))]
+    if bad.numel():
+        value = float(bad[0])
+        return (f'{value} is not a valid SparsestMax radius: it must be finite and >= 0 '
+                '(0 is sparsemax, >= 1 one-hot); fix or drop this entry of the checkpoint')
+    return ''
 
 
 @torch.no_grad()
