@@ -25,7 +25,7 @@ from .checkpoint.pretrained import check_state_dict
 from .fileio import read_state_dict, replacing
 from .norm.moments import NORMALIZERS
 from .norm.ratios import switch_ratios
-from .norm.switch_norm import SparseSwitchNormBase, is_switch_norm
+from .norm.switch_norm import SparseSwitchNormBase, is_switch_norm, radius_problem
 from .ops.sparsestmax import SPARSESTMAX_MODES
 
 __all__ = [
@@ -121,6 +121,9 @@ def _ratios_from_state(prefix: str, state: Mapping[str, Tensor], mode: str) -> t
         else:
             choices.append(-1 if choice is None else int(choice))
     choices = torch.tensor(choices)
+    problem = radius_problem(radius)
+    if problem:
+        raise ValueError(f'{prefix}.radius: {problem}')
     radius = radius.detach().double().flatten()[0]
     return switch_ratios(logits, radius, choices, mode, prefix), choices >= 0
 
