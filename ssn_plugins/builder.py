@@ -12,9 +12,8 @@ from mmengine.registry import MODELS, init_default_scope
 from torch import nn
 
 from .extras import TOOLKIT_MODULES, require
-from .registry import check_norm_cfgs
 
-__all__ = ['read_config', 'build_model', 'unwrap_model']
+__all__ = ['read_config', 'require_model', 'build_model', 'unwrap_model']
 
 # the distribution mmengine names when the package of a 'scope::' base is missing
 _SCOPE_OF_DISTRIBUTION = {'mmdet': 'mmdet', 'mmsegmentation': 'mmseg', 'mmpretrain': 'mmpretrain'}
@@ -23,7 +22,9 @@ _SCOPE_OF_DISTRIBUTION = {'mmdet': 'mmdet', 'mmsegmentation': 'mmseg', 'mmpretra
 def read_config(config: Union[str, Config]) -> Config:
     """``Config.fromfile(config)``, or ``config`` itself if it is already a ``Config``.
 
-    A ``scope::`` base of a toolkit that is not installed names the extra to install.
+    A ``scope::`` base of a toolkit that is not installed names the extra to
+    install; a file Python or mmengine cannot read (a syntax error, a missing
+    base, a name error) gives a ``ValueError`` that names the file and the problem.
     """
     if isinstance(config, Config):
         return config
@@ -37,6 +38,26 @@ def read_config(config: Union[str, Config]) -> Config:
         if scope is not None:  # name the extra that brings the toolkit of a 'scope::' base
             require(*TOOLKIT_MODULES[scope], purpose=f'{config} (a {scope}:: base)')
         raise
+    except SyntaxError as err:
+        named = err.filename and not err.filename.startswith('<')  # mmengine parses text: '<unknown>'
+        where = f'{err.filename}, line {err.lineno}' if named else f'line {err.lineno}'
+        raise ValueError(f'config {config} is not valid Python: {err.msg} ({where}); fix the '
+                         f'config') from err
+    except Exception as err:  # mmengine's base merging, a name error in the config's code, ...
+        raise ValueError(f'config {config} could not be read: {type(err).__name__}: {err}') from err
+
+
+def require_model(cfg: Config, config: Union[str, Config]) -> None:
+    """``ValueError`` naming the config unless it defines a ``model`` dict with a ``type``."""
+    model = cfg.get('model', None)
+    name = config if isinstance(config, str) else (cfg.filename or 'the config')
+    if not isinstance(model, dict):
+        raise ValueError(f'config {name} has no model (a dict, e.g. model = dict(type=...)): '
+                         'give the config the checkpoint was trained with')
+    if 'type' not in model:
+        raise ValueError(f"config {name}: its model has no 'type' (e.g. 'EncoderDecoder', "
+                         "'MaskRCNN'); give the config the checkpoint was trained with, or "
+                         "inherit its model with _base_")
 
 
 def build_model(config: Union[str, Config], scope: Optional[str] = None,
@@ -51,6 +72,7 @@ def build_model(config: Union[str, Config], scope: Optional[str] = None,
             model's ``pretrained`` are set to None (they would need a download).
     """
     cfg = read_config(config)
+    require_model(cfg, config)
     model_cfg = cfg.model
     if from_scratch:
         model_cfg = copy.deepcopy(model_cfg)
@@ -62,7 +84,6 @@ def build_model(config: Union[str, Config], scope: Optional[str] = None,
     if scope in TOOLKIT_MODULES:
         require(*TOOLKIT_MODULES[scope], purpose=f'a {scope} model')
     init_default_scope(scope)
-    check_norm_cfgs(model_cfg, scope, source=config if isinstance(config, str) else 'the config')
     return MODELS.build(model_cfg)
 
 

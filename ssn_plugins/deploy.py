@@ -26,7 +26,7 @@ from mmengine.registry import MODELS
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .builder import build_model, read_config
+from .builder import build_model, read_config, require_model
 from .checkpoint.pretrained import check_state_dict
 from .fileio import (check_destination, check_distinct, read_checkpoint, read_state_dict, replacing,
                      torch_save)
@@ -207,30 +207,67 @@ def collapse_norms(model: nn.Module,
     return model
 
 
-def build_collapsed(model: dict,
-                    plan: dict[str, Sequence[int]],
-                    fuse_conv: bool = True,
-                    data_preprocessor: Optional[dict] = None) -> nn.Module:
-    """Build ``model`` (a config dict) and give it the structure :func:`collapse_norms` left.
+def build_collapsed(collapsed: Optional[dict] = None, **model_args) -> nn.Module:
+    """Build the model of a deployed config, with the structure :func:`collapse_norms` left.
 
-    Registered as ``CollapsedNorms`` in mmengine's root ``MODELS``: the config
-    ``tools/deploy.py`` writes wraps the original model in it, so the test
-    tools build the collapsed structure and then load the deployed weights.
+    Registered as ``CollapsedNorms`` in mmengine's root ``MODELS``.  The config
+    ``tools/deploy.py`` writes keeps the trained model's arguments and only
+    swaps its type::
+
+        model = dict(type='CollapsedNorms',
+                     collapsed=dict(model_type='EncoderDecoder', plan={...}, fuse_conv=True),
+                     backbone=..., decode_head=..., ...)  # the trained model's arguments
+
+    so whatever edits ``cfg.model`` edits the trained model's arguments, as it
+    would in the original config: mmseg's ``init_model`` (``pretrained``,
+    ``train_cfg``), mmdet's ``init_detector`` (``backbone.init_cfg``), the
+    Inferencers, the Runner's ``data_preprocessor``, ``--cfg-options model.*``.
+    The model is built, then collapsed exactly as ``collapsed['plan']`` says
+    (see :func:`collapse_plan`), ready for the deployed weights.
+
+    Configs written before this layout (``model=``, ``plan=``, ``fuse_conv=``) still build.
     """
-    if data_preprocessor is not None:  # mmengine's Runner merges the top-level one in
-        model = dict(model)
-        model.setdefault('data_preprocessor', data_preprocessor)
-    built = MODELS.build(model).eval()
+    if collapsed is None and 'model' in model_args and 'plan' in model_args:
+        model = dict(model_args.pop('model'))  # the earlier layout: the original model nested
+        collapsed = dict(model_type=model.pop('type'), plan=model_args.pop('plan'),
+                         fuse_conv=model_args.pop('fuse_conv', True))
+        data_preprocessor = model_args.pop('data_preprocessor', None)
+        if data_preprocessor is not None:  # mmengine's Runner merges the top-level one in
+            model.setdefault('data_preprocessor', data_preprocessor)
+        model_args = dict(model, **model_args)  # e.g. init_model's pretrained=None, train_cfg=None
+    if not isinstance(collapsed, dict) or not {'model_type', 'plan'} <= set(collapsed):
+        raise TypeError("CollapsedNorms needs collapsed=dict(model_type=..., plan=..., fuse_conv=...) "
+                        "beside the model's arguments, as in the config tools/deploy.py writes; "
+                        f"got collapsed={collapsed!r}")
+    plan = collapsed['plan']
+    built = MODELS.build(dict(model_args, type=collapsed['model_type']))
+    built.eval()  # not chained: some modules' train() returns None (mmseg's ResNet)
     layers = {n for n, m in built.named_modules() if isinstance(m, SwitchNormBase)}
     unknown = sorted(set(plan) - layers)
     if unknown:
         raise ValueError(f'CollapsedNorms: plan names layers that are not SN/SSN in this model: '
                          f'{unknown[:5]}')
     with torch.no_grad():
-        return collapse_norms(built, fuse_conv, plan={k: tuple(v) for k, v in plan.items()})
+        return collapse_norms(built, collapsed.get('fuse_conv', True),
+                              plan={k: tuple(v) for k, v in plan.items()})
 
 
 MODELS.register_module('CollapsedNorms', module=build_collapsed)
+
+
+def _deployed_config(cfg: Config, plan: dict[str, list[int]], fuse_conv: bool) -> Config:
+    """``cfg`` with its model as :func:`build_collapsed` takes it, and ``ssn_plugins`` imported."""
+    deployed = copy.deepcopy(cfg)
+    model = cfg.model.to_dict()
+    deployed.model = dict(type='CollapsedNorms',
+                          collapsed=dict(model_type=model.pop('type'), plan=plan, fuse_conv=fuse_conv),
+                          **model)
+    imports = deployed.get('custom_imports') or dict(imports=[], allow_failed_imports=False)
+    names = imports.get('imports', [])
+    names = [names] if isinstance(names, str) else list(names)
+    if 'ssn_plugins' not in names:  # CollapsedNorms must be registered wherever the config is read
+        deployed.custom_imports = dict(imports, imports=names + ['ssn_plugins'])
+    return deployed
 
 
 @dataclass
@@ -268,9 +305,11 @@ def deploy_checkpoint(config: Union[str, Config],
     """Collapse a trained checkpoint of ``config``; write ``out``, a config beside it, and ONNX.
 
     ``out`` holds the collapsed ``state_dict`` (plain tensors, loads with
-    ``weights_only=True``) and ``out`` with the suffix ``.py`` a config whose
-    model is ``CollapsedNorms(original model, plan)``, so
-    ``tools/test.py OUT.py OUT`` evaluates the deployed network.  With
+    ``weights_only=True``; its ``meta`` has the config and the source's
+    ``dataset_meta``) and ``out`` with the suffix ``.py`` a config whose model
+    is ``CollapsedNorms`` (see :func:`build_collapsed`), so ``tools/test.py
+    OUT.py OUT``, mmseg's ``init_model``, mmdet's ``init_detector`` and the
+    Inferencers use the deployed network.  With
     ``onnx``, the collapsed model is also exported there (image ``onnx_shape``
     (H, W); see :mod:`ssn_plugins.onnx_export`) and checked in onnxruntime.
 
@@ -281,6 +320,7 @@ def deploy_checkpoint(config: Union[str, Config],
     config).
     """
     cfg = read_config(config)
+    require_model(cfg, config)  # before reading the checkpoint
     paths = _deploy_paths(config, checkpoint, out, onnx)
     if onnx:
         require_onnx()  # before the work, not after it
@@ -293,12 +333,10 @@ def deploy_checkpoint(config: Union[str, Config],
     plan = collapse_plan(model)
     with torch.no_grad():
         collapse_norms(model, fuse_conv)
-    meta = {}
+    deployed = _deployed_config(cfg, plan, fuse_conv)
+    meta = {'cfg': deployed.pretty_text}  # as in a Runner checkpoint: the Inferencers read it
     if isinstance(source.get('meta'), dict) and 'dataset_meta' in source['meta']:
         meta['dataset_meta'] = source['meta']['dataset_meta']
-    deployed = copy.deepcopy(cfg)
-    deployed.model = dict(type='CollapsedNorms', model=cfg.model.to_dict(), plan=plan,
-                          fuse_conv=fuse_conv)
     report = None
     with replacing(*paths) as temps:
         torch_save({'state_dict': model.state_dict(), 'meta': meta}, temps[0])

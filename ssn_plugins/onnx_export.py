@@ -14,23 +14,76 @@ and normalisation are part of the graph:
 The graph holds standard ONNX operators only (collapsed instance norms,
 ``GroupNorm(C, C)``, included); :func:`export_onnx` checks that, runs it in
 onnxruntime and reports the largest difference to PyTorch.
+
+SN/SSN layers that have not latched (``collapse_norms`` leaves them as they
+are) are exported as what they compute in eval mode: a fixed mixture of the
+IN, LN and BN statistics whose ratios are constants in the graph.  In eval
+mode the ratios depend only on the logits and the radius, so this is exact;
+the report counts these layers, and they stay trainable in the deployed
+checkpoint, where nothing is fixed.
 """
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Optional, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .compat import ONNX_DYNAMO_MIN_TORCH, TORCH_VERSION
 from .extras import require
+from .norm.functional import switch_norm
+from .norm.switch_norm import SparseSwitchNormBase, SwitchNormBase
 
-__all__ = ['ImageToOutputs', 'export_onnx', 'onnx_input_shape', 'check_standard_ops', 'require_onnx']
+__all__ = ['FixedRatioNorm', 'fixed_ratios', 'ImageToOutputs', 'export_onnx', 'onnx_input_shape', 'check_standard_ops', 'require_onnx']
 
 # ONNX's own operator set; anything else (a custom domain) needs a runtime plug-in
 STANDARD_DOMAINS = ('', 'ai.onnx')
+
+
+class FixedRatioNorm(nn.Module):
+    """An eval-mode SN/SSN ``layer`` with its (mean, var) ratios as constants.
+
+    Computes what ``layer`` computes in eval mode, with the ratios it would
+    use there (:meth:`~ssn_plugins.SwitchNormBase.ratios`) taken once, so the
+    exported graph needs no SparsestMax (ONNX has no stable sort).  Shares the
+    layer's parameters and running statistics.
+    """
+
+    def __init__(self, layer: SwitchNormBase) -> None:
+        super().__init__()
+        if layer.training:
+            raise ValueError('FixedRatioNorm fixes the eval-mode ratios: call layer.eval() first')
+        self.layer = layer
+        self.register_buffer('ratios', torch.stack(layer.ratios()))  # (2, K): mean, var
+
+    def forward(self, x: Tensor) -> Tensor:
+        layer = self.layer
+        return switch_norm(x, self.ratios, layer.normalizers, layer.running_mean, layer.running_var,
+                           layer.weight, layer.bias, training=False, momentum=0.0, eps=layer.eps,
+                           path='composite')
+
+
+@contextmanager
+def fixed_ratios(model: nn.Module) -> Iterator[int]:
+    """Within the block, every SN/SSN layer of ``model`` that has not latched is a :class:`FixedRatioNorm`.
+
+    Yields how many were replaced; puts the layers back on exit.
+    """
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SwitchNormBase) and not (
+                    isinstance(child, SparseSwitchNormBase) and child.latched):
+                parent._modules[name] = FixedRatioNorm(child)
+                swapped.append((parent, name, child))
+    try:
+        yield len(swapped)
+    finally:
+        for parent, name, child in swapped:
+            parent._modules[name] = child
 
 
 class ImageToOutputs(nn.Module):
@@ -117,9 +170,11 @@ def export_onnx(model: nn.Module, cfg, path: str, shape: Optional[Sequence[int]]
                 seed: int = 0) -> dict:
     """Export the eval-mode ``model`` of ``cfg`` to ``path``; compare it with PyTorch.
 
-    The comparison runs one random image (seeded) through PyTorch and
-    onnxruntime.  Returns ``{'outputs': n, 'input_shape': [1, 3, H, W],
-    'max_abs_diff': float, 'kind': 'segmentor' or 'detector'}``.
+    The comparison runs one random image (seeded) through PyTorch (``model``
+    itself) and onnxruntime.  SN/SSN layers that have not latched are exported
+    with their eval-mode ratios as constants (:func:`fixed_ratios`).  Returns
+    ``{'outputs': n, 'input_shape': [1, 3, H, W], 'max_abs_diff': float,
+    'kind': 'segmentor' or 'detector', 'fixed_mixtures': number of such layers}``.
     """
     require_onnx()
     import onnx
@@ -134,7 +189,7 @@ def export_onnx(model: nn.Module, cfg, path: str, shape: Optional[Sequence[int]]
     with torch.no_grad():
         expected = wrapper(image)
         names = [f'output{i}' for i in range(len(expected))]
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), fixed_ratios(model) as mixtures:
             warnings.simplefilter('ignore')
             program = torch.onnx.export(wrapper, (image, ), dynamo=True, input_names=['image'],
                                         output_names=names, verbose=False)
@@ -146,4 +201,5 @@ def export_onnx(model: nn.Module, cfg, path: str, shape: Optional[Sequence[int]]
     got = session.run(None, {session.get_inputs()[0].name: image.numpy()})
     max_diff = max(float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected))
     return dict(outputs=len(expected), input_shape=[1, 3, h, w], max_abs_diff=max_diff,
-                kind='segmentor' if wrapper.is_segmentor else 'detector', path=os.path.abspath(path))
+                kind='segmentor' if wrapper.is_segmentor else 'detector', path=os.path.abspath(path),
+                fixed_mixtures=mixtures)

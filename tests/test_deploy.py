@@ -1,5 +1,6 @@
 """collapse_norms: settled SN/SSN layers become plain modules, outputs unchanged."""
 import os
+import re
 import sys
 
 import pytest
@@ -309,3 +310,108 @@ def test_onnx_on_an_older_torch_says_which_torch_it_needs(tmp_path, monkeypatch)
     with pytest.raises(ImportError, match=r'needs torch >= 2\.5; this is torch '):
         deploy.deploy_checkpoint(SEG_DEMO, str(tmp_path / 'missing.pth'), str(tmp_path / 'd.pth'),
                                  onnx=str(tmp_path / 'd.onnx'))
+
+
+@needs_onnx_torch
+def test_onnx_exports_layers_that_have_not_latched_with_their_eval_ratios(tmp_path, capsys):
+    """Unlatched SSN layers: fixed mixtures in ONNX, equal to mmseg's predict; still SSN in the checkpoint.
+
+    Before, torch.onnx failed after the whole build with ``No ONNX function found for aten.sort.stable``.
+    """
+    import onnxruntime
+    from mmseg.structures import SegDataSample
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import deploy as deploy_tool  # tools/deploy.py
+    sys.path.pop(0)
+    torch.manual_seed(0)
+    _, model = _build(SEG_DEMO, 'mmseg')
+    model = _settle(model, [('bn', 'bn')]).eval()  # folded: cheap to export
+    layers = dict((n, m) for n, m in model.named_modules() if is_switch_norm(m))
+    free = ['backbone.layer1.0.sn1', 'backbone.layer3.1.sn2', 'decode_head.convs.0.sn']
+    logits = [[0.2, 0.5, 0.1], [0.4, 0.1, 0.35], [1.0, 0.9, 0.2]]  # dense, dense, 2-sparse at r = 0.3
+    with torch.no_grad():
+        for k, name in enumerate(free):
+            layers[name].unlatch()
+            layers[name].set_radius(0.3)
+            layers[name].mean_weight.copy_(torch.tensor(logits[k]))
+            layers[name].var_weight.copy_(torch.tensor(logits[-1 - k]))
+        layers['backbone.layer2.0.sn1'].var_choice.fill_(-1)  # half-latched: the variance is free
+    mean_ratios, var_ratios = layers['backbone.layer1.0.sn1'].ratios()
+    assert (mean_ratios > 0).all() and (var_ratios > 0).sum() == 2  # real mixtures
+    checkpoint = str(tmp_path / 'trained.pth')
+    torch.save({'state_dict': model.state_dict()}, checkpoint)
+    size = 64
+    out, onnx_path = str(tmp_path / 'deployed.pth'), str(tmp_path / 'deployed.onnx')
+    deploy_tool.main([SEG_DEMO, checkpoint, out, '--onnx', onnx_path, '--onnx-shape', str(size), str(size)])
+    printed = capsys.readouterr().out
+    assert ('ONNX: 4 SN/SSN layers have not latched; they are exported with their eval-mode ratios '
+            'as constants') in printed
+
+    # the deployed checkpoint keeps them as they were: SSN layers with their logits and radius
+    saved = torch.load(out, weights_only=True)['state_dict']
+    for name in free:
+        torch.testing.assert_close(saved[f'{name}.mean_weight'], layers[name].mean_weight.detach())
+        assert saved[f'{name}.mean_choice'] == -1 and saved[f'{name}.radius'] == 0.3
+    cfg = Config.fromfile(str(tmp_path / 'deployed.py'))
+    init_default_scope('mmseg')
+    deployed = MODELS.build(cfg.model).eval()
+    load_checkpoint(deployed, out, strict=True)
+    # reference: the deployed model's own SSN layers (SparsestMax in eval) through mmseg's predict
+    image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8)
+    sample = SegDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size)))
+    data = deployed.data_preprocessor(dict(inputs=[image], data_samples=[sample]), False)
+    with torch.no_grad():
+        expected = deployed.predict(data['inputs'], data['data_samples'])[0].seg_logits.data
+    session = onnxruntime.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
+    (got, ) = session.run(None, {'image': image[None].float().numpy()})
+    assert (torch.from_numpy(got[0]) - expected).abs().max() <= 1e-4
+    # and the deployed model keeps them as trainable SSN layers (plus the half-latched one)
+    assert sum(isinstance(m, SparseSwitchNorm2d) and not m.latched for m in deployed.modules()) == 4
+
+
+@pytest.mark.parametrize('text,message', [
+    ("model = dict(type='EncoderDecoder'\nx = (\n",
+     r'deploy: config {} is not valid Python: .* \(line \d\); fix the config'),
+    ('x = 1\n', r'deploy: config {} has no model \(a dict, e\.g\. model = dict\(type=\.\.\.\)\): give the '
+                r'config the checkpoint was trained with'),
+    ('model = dict(backbone=dict(depth=18))\n', r"deploy: config {}: its model has no 'type'"),
+    ('model = dict(type=undefined_name)\n',
+     r"deploy: config {} could not be read: NameError: name 'undefined_name' is not defined"),
+])
+def test_deploy_names_a_config_it_cannot_use_before_any_work(tmp_path, text, message):
+    """One line naming the config, before the (here missing) checkpoint is read."""
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import deploy as deploy_tool  # tools/deploy.py
+    sys.path.pop(0)
+    config = tmp_path / 'broken.py'
+    config.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        deploy_tool.main([str(config), str(tmp_path / 'missing.pth'), str(tmp_path / 'out.pth')])
+    assert '\n' not in str(exit_info.value.code)
+    assert re.match(message.format(re.escape(str(config))), str(exit_info.value.code))
+    assert os.listdir(tmp_path) == ['broken.py']
+
+
+@pytest.mark.parametrize('latch_mean', [False, True])
+def test_fixed_ratios_stand_in_computes_the_eval_layer_and_is_put_back(latch_mean):
+    """The ONNX stand-in (constant ratios, composite path) against the layer's own eval forward."""
+    from ssn_plugins.onnx_export import FixedRatioNorm, fixed_ratios
+    model = nn.Sequential(SparseSwitchNorm2d(5), SwitchNorm2d(5), _settle(nn.Sequential(SparseSwitchNorm2d(5))))
+    with torch.no_grad():
+        for layer in (model[0], model[1]):
+            layer.running_mean.uniform_(-0.5, 0.5)
+            layer.running_var.uniform_(0.5, 2.0)
+            layer.mean_weight.copy_(torch.tensor([0.4, 0.1, 0.35]))
+            layer.var_weight.copy_(torch.tensor([1.0, 0.9, 0.2]))
+        model[0].set_radius(0.3)
+        if latch_mean:
+            model[0].mean_choice.fill_(2)
+    model.eval()
+    x = torch.randn(2, 5, 4, 4)
+    expected = model(x)
+    originals = list(model.modules())
+    with fixed_ratios(model) as count:
+        assert count == 2 and isinstance(model[0], FixedRatioNorm) and isinstance(model[1], FixedRatioNorm)
+        assert isinstance(model[2][0], SparseSwitchNorm2d)  # latched: exported as it is
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+    assert list(model.modules()) == originals

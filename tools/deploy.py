@@ -39,6 +39,10 @@ def main(argv=None):
         print(f'ONNX ({report["kind"]}, input {report["input_shape"]}, {report["outputs"]} outputs): '
               f'{done.onnx}\nonnxruntime vs PyTorch: largest absolute difference '
               f'{report["max_abs_diff"]:.3g}')
+        if report['fixed_mixtures']:
+            print(f'ONNX: {report["fixed_mixtures"]} SN/SSN layers have not latched; they are exported '
+                  'with their eval-mode ratios as constants (exact in eval; the deployed checkpoint '
+                  'keeps them trainable)')
 
 
 if __name__ == '__main__':
