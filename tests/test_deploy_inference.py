@@ -183,3 +183,46 @@ def test_upstream_and_our_test_py_give_the_original_metrics(toolkit, request, de
     for key in keys:
         assert metrics['after'][key] == pytest.approx(metrics['before'][key], abs=1e-6), key
         assert ours[key] == pytest.approx(metrics['before'][key], abs=1e-6), key
+
+
+def test_a_deployed_config_imports_ssn_plugins_itself(tmp_path):
+    """A config without custom_imports (ssn_plugins imported by the user's script) still deploys to one
+    that mmseg's init_model reads in a fresh process that never imports ssn_plugins."""
+    import subprocess
+    config = tmp_path / 'plain.py'
+    config.write_text(
+        "_base_ = 'mmseg::_base_/models/fcn_r50-d8.py'\n"
+        "model = dict(pretrained=None, data_preprocessor=dict(type='SegDataPreProcessor', size=(32, 32)),\n"
+        "             backbone=dict(depth=18, base_channels=8, norm_cfg=dict(type='SSN'), init_cfg=None),\n"
+        "             decode_head=dict(in_channels=64, channels=8, num_convs=1, num_classes=3,\n"
+        "                              norm_cfg=dict(type='SSN')),\n"
+        "             auxiliary_head=None)\n")
+    model = build_model(str(config), 'mmseg')
+    for k, m in enumerate(m for m in model.modules() if ssn_plugins.is_switch_norm(m)):
+        m.latch(*CHOICES[k % len(CHOICES)])
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, tmp_path / 'trained.pth')
+    _tool('deploy').main([str(config), str(tmp_path / 'trained.pth'), str(tmp_path / 'deployed.pth')])
+    code = ("import sys; from mmseg.apis import init_model; "
+            "m = init_model(sys.argv[1], sys.argv[2], device='cpu'); "
+            "assert 'ssn_plugins' in sys.modules; print(type(m).__name__)")
+    run = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'deployed.py'),
+                          str(tmp_path / 'deployed.pth')], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == 'EncoderDecoder'
+
+
+def test_configs_deployed_before_the_flat_layout_still_build(seg):
+    """The earlier layout nested the trained model: model=dict(type='CollapsedNorms', model=..., plan=...)."""
+    from mmengine.registry import MODELS, init_default_scope
+    from mmengine.runner import load_checkpoint
+    _, _, deployed_config, deployed = seg
+    model = Config.fromfile(deployed_config).model.to_dict()
+    collapsed = model.pop('collapsed')
+    data_preprocessor = model.pop('data_preprocessor')
+    old = dict(type='CollapsedNorms', model=dict(model, type=collapsed['model_type']),
+               plan=collapsed['plan'], fuse_conv=collapsed['fuse_conv'])
+    init_default_scope('mmseg')
+    # as the Runner and init_model pass them
+    built = MODELS.build(dict(old, data_preprocessor=data_preprocessor, pretrained=None, train_cfg=None))
+    load_checkpoint(built, deployed, strict=True)
+    _assert_collapsed(built)
