@@ -57,13 +57,23 @@ def unsafe_global(err: BaseException) -> str | None:
     return found.group(1) if found else None
 
 
+def _is_pickle(path: PathLike) -> bool:
+    """Whether the file starts as a pickle of protocol 2 or later does (garbage does not)."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(2)
+    except (OSError, TypeError, ValueError):
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
 def explain_load_error(path: PathLike, err: BaseException) -> ValueError:
     """A ``ValueError`` that says why ``torch.load(path, weights_only=True)`` failed."""
     name = unsafe_global(err)
     if name is not None:
         what = f'a disallowed Python global ({name})'
-    elif 'Weights only load failed' in str(err) and 'Unsupported operand' in str(err):
-        # torch's weights-only unpickler met an opcode torch.save never writes: pickle.dump's
+    elif 'Weights only load failed' in str(err) and 'Unsupported operand' in str(err) and _is_pickle(path):
+        # a pickle (PROTO opcode first) with opcodes torch.save never writes: pickle.dump's
         what = 'pickled Python objects (a pickle.dump file, not torch.save of tensors)'
     else:
         what = None
