@@ -278,14 +278,14 @@ class SparseSwitchNormBase(SwitchNormBase):
 
     def set_radius(self, radius: float) -> None:
         """Set the SparsestMax radius: a finite number >= 0 (>= sqrt((K-1)/K) makes every row one-hot)."""
-        if isinstance(radius, bool) or not isinstance(radius, numbers.Real):
-            raise TypeError(f'{type(self).__name__}.set_radius: radius must be a finite number '
-                            f'in [0, inf), got {type(radius).__name__} {radius!r}')
         limit = torch.finfo(self.radius.dtype).max
+        allowed = (f'{type(self).__name__}.set_radius: radius must be a finite number in '
+                   f'[0, {limit:.4g}] (the {self.radius.dtype} radius buffer)')
+        if isinstance(radius, bool) or not isinstance(radius, numbers.Real):
+            raise TypeError(f'{allowed}, got {type(radius).__name__} {radius!r}')
         if not (math.isfinite(radius) and 0 <= radius <= limit):
-            raise ValueError(f'{type(self).__name__}.set_radius: radius must be a finite number '
-                             f'in [0, {limit:.4g}] (the {self.radius.dtype} radius buffer), '
-                             f'got {radius!r}; any radius >= 1 already makes every row one-hot')
+            raise ValueError(f'{allowed}, got {radius!r}; any radius >= 1 already makes every '
+                             f'row one-hot')
         self.radius.fill_(float(radius))
 
     def _index(self, choice: Union[int, str], which: str) -> int:
