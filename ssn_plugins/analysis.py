@@ -217,7 +217,8 @@ def plot_ratios(records: Sequence[dict], path: str) -> str:
                             fontsize=max(3.0, min(8.0, 400.0 / n)))
     axes[1].set_xlabel('layer (network order)')
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    with replacing(path) as (tmp, ):  # whole or not at all, as every write
+        fig.savefig(tmp, dpi=150)  # the temporary keeps the suffix: the format
     plt.close(fig)
     return path
 
