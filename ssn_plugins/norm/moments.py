@@ -149,6 +149,10 @@ def update_running_stats(batch_mean: Tensor, batch_var: Tensor, count: Union[int
     running = [running_mean, running_var]
     batch = [batch_mean.view(-1).to(running_mean.dtype), unbiased.to(running_var.dtype)]
     if isinstance(factor, Tensor):
-        torch._foreach_lerp_(running, batch, [factor, factor])
+        # one lerp_ each: torch 2.1 has no Meta kernel for _foreach_lerp_ with tensor weights
+        # (torch.compile), nor a float32 weight for float64 buffers
+        factor = factor.to(running_mean.dtype)
+        for buffer, value in zip(running, batch):
+            buffer.lerp_(value, factor)
     else:
         torch._foreach_lerp_(running, batch, factor)

@@ -330,7 +330,8 @@ class SparseSwitchNormBase(SwitchNormBase):
     def _bn_in_use(self, choices: Optional[Tensor]) -> Optional[Tensor]:
         if choices is None or 'bn' not in self.normalizers:
             return None
-        return bn_in_use(choices, len(self.normalizers), self.normalizers.index('bn'))
+        k = len(self.normalizers)
+        return bn_in_use(choices, k, k - 1)  # BN is last in the canonical order (no tuple.index: torch 2.1's dynamo)
 
     def _record_latching(self, ratios: Tensor) -> Tensor:
         """Latch the rows of ``ratios`` that came out one-hot, on the device; return the (2,) choices."""
