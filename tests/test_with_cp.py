@@ -119,10 +119,21 @@ def test_running_stats_with_momentum_update_twice_as_batchnorm(reentrant, monkey
         torch.testing.assert_close(layer.running_var, expected_var, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('norm', ['SyncSN', 'SyncSSN'])
+def test_synced_layers_train_with_reentrant_cp(norm, monkeypatch):
+    """Synced layers (one process here: this batch) run the composite path: no view either."""
+    pytest.importorskip(BACKBONES['mmdet'])
+    plain = _resnet('mmdet', dict(type=norm), False, True, monkeypatch)
+    cp = _resnet('mmdet', dict(type=norm), True, True, monkeypatch)
+    cp.load_state_dict(plain.state_dict())
+    for a, b in zip(_step(plain), _step(cp)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_output_is_not_a_view():
     """An in-place op on the output of a checkpointed block needs a tensor that is not a view."""
-    from ssn_plugins import SparseSwitchNorm2d, SwitchNorm2d
-    for layer in (SwitchNorm2d(4), SparseSwitchNorm2d(4)):
+    from ssn_plugins import SparseSwitchNorm2d, SwitchNorm2d, SyncSparseSwitchNorm, SyncSwitchNorm
+    for layer in (SwitchNorm2d(4), SparseSwitchNorm2d(4), SyncSwitchNorm(4), SyncSparseSwitchNorm(4)):
         for grad in (True, False):
             with torch.set_grad_enabled(grad):
                 assert not layer.train()(torch.randn(2, 4, 3, 3))._is_view()

@@ -33,7 +33,7 @@ Two implementations, equal to each other and to the float64 reference:
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -69,10 +69,11 @@ def _check_logits(logits: Tensor, dim: int) -> None:
 _FAR_BELOW = 2.0
 
 
-def _shifted(z: Tensor) -> Tensor:
+def _shifted(z: Tensor, top: Optional[Tensor] = None) -> Tensor:
     """``z - max(z)`` along the last dim, clipped to ``[-_FAR_BELOW, 0]`` (never inf: a difference
-    that overflows is clipped like any other far one)."""
-    return (z - z.amax(-1, keepdim=True)).clamp_min(-_FAR_BELOW)
+    that overflows is clipped like any other far one).  ``top``: the row maximum, if known."""
+    top = z.amax(-1, keepdim=True) if top is None else top
+    return (z - top).clamp_min_(-_FAR_BELOW)
 
 
 def _sparsemax_last(z: Tensor) -> Tensor:
@@ -194,7 +195,7 @@ class _ClosedForm(torch.autograd.Function):
         k = z.shape[-1]
         basis = _basis(k, z.dtype, z.device)
         zs, order = torch.sort(z, dim=-1, descending=True, stable=True)  # (..., K)
-        zs = _shifted(zs)  # the output is the same; the moments below stay finite
+        zs = _shifted(zs, zs[..., :1])  # the output is the same; the moments below stay finite
         w = zs - zs.mean(-1, keepdim=True)  # exact zeros between tied logits
         edge_r = _edge_radius(r, basis, paper)  # R_e / sqrt 2 from a dense start, (..., 1)
         if k == 2:
