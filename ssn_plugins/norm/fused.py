@@ -10,6 +10,12 @@ and mixed by one batched matmul with the (2, K) ratios.  The backward reads
 and once more to write ``dx``.  Only ``x`` and per-row vectors are saved, as
 BatchNorm saves ``x`` and per-channel ones.  No value is read on the host.
 
+Input in another memory format (channels_last, which has no (1, N*C, L)
+view) takes reductions over the spatial dims and one elementwise kernel
+instead, so the output keeps that format with no layout copy.  The output
+is never a view: an in-place op after a checkpointed block (mmcv's ResNet
+with ``with_cp=True``) refuses a view made in a custom Function.
+
 Statistics are float32 (float64 for float64 input) also under autocast; the
 output has the input dtype.  A backward with ``create_graph=True`` recomputes
 through :func:`~ssn_plugins.norm.composite.composite_switch_norm`, so double
