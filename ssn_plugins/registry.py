@@ -10,6 +10,8 @@ children hold nothing themselves: a name is looked up in their parent,
 the root. Without them mmengine warns for every such dict and falls back
 to the root.
 """
+from __future__ import annotations
+
 import difflib
 from typing import Any, Iterator, Optional
 
