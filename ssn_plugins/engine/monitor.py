@@ -10,6 +10,8 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from ..analysis import switch_norm_stats
+from ..compat import stack
+from ..version import __version__
 from .hooks import SSNRadiusHook
 
 __all__ = ['SwitchNormMonitorHook']
@@ -24,7 +26,8 @@ class SwitchNormMonitorHook(Hook):
     every layer is one-hot) and, for SSN, ``train/ssn_latched`` (share of
     layers whose choices are latched) and ``train/ssn_radius`` (unless
     ``SSNRadiusHook`` already logs it).  ``LoggerHook`` prints them and passes
-    them to the configured visualizer backends (e.g. TensorBoard).
+    them to the configured visualizer backends (e.g. TensorBoard).  Training
+    starts with a log line naming the package version and the stack.
     """
 
     # NORMAL runs before LoggerHook (BELOW_NORMAL), so an iteration's values
@@ -38,6 +41,7 @@ class SwitchNormMonitorHook(Hook):
         self._log_radius = True
 
     def before_train(self, runner) -> None:
+        runner.logger.info(f'ssn_plugins {__version__} ({stack()})')
         if not switch_norm_stats(runner.model):
             raise ValueError('SwitchNormMonitorHook: the model has no SN/SSN layer; '
                              "set norm_cfg=dict(type='SSN') (or 'SN') or remove the hook")
