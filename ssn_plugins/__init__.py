@@ -1,14 +1,13 @@
 """Sparse Switchable Normalization (SSN) and Switchable Normalization (SN) for OpenMMLab.
 
 Importing the package registers the layers (``SN``, ``SSN``, ``SyncSSN``, ...)
-in mmengine's root ``MODELS``, the hooks in its root ``HOOKS`` and
-``SwitchNormPretrained`` in its root ``WEIGHT_INITIALIZERS``, so mmdet and
-mmseg configs can use them after
+and the backbone ``ResNetReleasedStem`` in mmengine's root ``MODELS``, the hooks
+in its root ``HOOKS`` and ``SwitchNormPretrained`` in its root
+``WEIGHT_INITIALIZERS``, so mmdet and mmseg configs can use them after
 ``custom_imports = dict(imports=['ssn_plugins'], allow_failed_imports=False)``.
 It also lets mmengine resolve ``_base_ = 'ssn_plugins::<path under configs/>'``.
 """
-from .checkpoint import (ResNetReleasedStem, SwitchNormPretrained, convert_checkpoint,
-                         use_released_stem)
+from .checkpoint import SwitchNormPretrained, convert_checkpoint
 from .convert import (LeftoverNormHook, check_leftover_norms, convert_config, convert_norms,
                       plain_norms)
 from .deploy import collapse_norms
@@ -20,6 +19,7 @@ from .norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
                    SyncSparseSwitchNorm, SyncSwitchNorm, convert_sync_switchnorm, is_switch_norm,
                    revert_sync_switchnorm, update_choices)
 from .mim import config_path, register_config_prefix
+from .models import ResNetReleasedStem, use_released_stem
 from . import compat, registry  # noqa: F401  (registry: the 'ssn_plugins' scope of bases)
 from .ops import sparsemax, sparsestmax
 from .version import __version__

@@ -19,8 +19,8 @@ from mmengine.registry import MODELS, init_default_scope
 
 import ssn_plugins  # noqa: F401  (registers SN/SSN, SwitchNormPretrained, ResNetReleasedStem)
 from released_layout import (released_forward, released_state_dict, save_released, v2_state_dict)
-from ssn_plugins.checkpoint import (ConversionError, convert_checkpoint, convert_state_dict,
-                                    stem_pool_of)
+from ssn_plugins.checkpoint import ConversionError, convert_checkpoint, convert_state_dict
+from ssn_plugins.models import stem_pool_of
 from ssn_plugins.norm.switch_norm import SparseSwitchNormBase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -21,7 +21,7 @@ import mmpretrain.models  # noqa: F401  (imports torchvision: the build that mat
 from mmpretrain import registry as pretrain_registry
 
 import ssn_plugins
-from ssn_plugins.checkpoint.convert import RELEASED_SSN_STEM, TORCHVISION_STEM
+from ssn_plugins.models import RELEASED_SSN_STEM, TORCHVISION_STEM
 from ssn_plugins.engine import launch
 from ssn_plugins.norm.switch_norm import SparseSwitchNormBase
 
@@ -132,7 +132,7 @@ def test_imagenet_config_builds_with_its_optimizer_groups(path):
     # the released momentum convention: SSN keeps 0.997 per step (PyTorch 0.003)
     assert {m.momentum for m in switch} == {0.003 if sparse else 0.1}
     # the released stem pool: SSN padding 0 + ceil_mode, SN the torchvision pool
-    assert ssn_plugins.checkpoint.stem_pool_of(backbone) == (RELEASED_SSN_STEM if sparse else TORCHVISION_STEM)
+    assert ssn_plugins.models.stem_pool_of(backbone) == (RELEASED_SSN_STEM if sparse else TORCHVISION_STEM)
 
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
     names = {id(p): n for n, p in model.named_parameters()}

@@ -24,15 +24,14 @@ import torch
 from torch import Tensor
 
 from ..fileio import check_destination, read_checkpoint, read_state_dict, save_checkpoint
+from ..models.resnet_stem import RELEASED_SSN_STEM, TORCHVISION_STEM
 from .layout import ConversionError, ResNetLayout, parse_resnet_v1
 from .training_config import training_facts
 
-__all__ = ['convert_state_dict', 'convert_checkpoint', 'RELEASED_SSN_STEM', 'TORCHVISION_STEM']
+__all__ = ['convert_state_dict', 'convert_checkpoint']
 
 CONVERTER = 'ssn_plugins.checkpoint.convert_checkpoint'
-# max-pool of the stem: released SSN models used padding 0 with ceil_mode, everything else padding 1
-RELEASED_SSN_STEM = dict(kernel_size=3, stride=2, padding=0, ceil_mode=True)
-TORCHVISION_STEM = dict(kernel_size=3, stride=2, padding=1, ceil_mode=False)
+
 # classifier heads: torchvision/released `fc`, mmcls/mmpretrain `head`
 _CLASSIFIER = re.compile(r'^(fc|head|classifier)\.')
 _MOMENTUM_NOTE = {

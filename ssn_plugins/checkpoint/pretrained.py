@@ -21,9 +21,9 @@ from mmengine.runner import CheckpointLoader
 from torch import nn
 
 from ..fileio import format_keys, read_checkpoint, read_state_dict
+from ..models.resnet_stem import stem_pool_of
 from ..norm.switch_norm import SparseSwitchNormBase
 from .mapping import map_plain_norms
-from .stem import stem_pool_of
 
 __all__ = ['SwitchNormPretrained', 'check_state_dict', 'relearn_selection', 'SOFT_LOGIT']
 

@@ -15,9 +15,13 @@ from mmengine.registry import MODELS, DefaultScope
 from torch import nn
 
 from ..extras import TOOLKIT_MODULES, require
-from .convert import RELEASED_SSN_STEM
 
-__all__ = ['use_released_stem', 'stem_pool_of', 'ResNetReleasedStem']
+__all__ = ['RELEASED_SSN_STEM', 'TORCHVISION_STEM', 'use_released_stem', 'stem_pool_of',
+           'ResNetReleasedStem']
+
+# max-pool of the stem: released SSN models used padding 0 with ceil_mode, everything else padding 1
+RELEASED_SSN_STEM = dict(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+TORCHVISION_STEM = dict(kernel_size=3, stride=2, padding=1, ceil_mode=False)
 
 
 def use_released_stem(backbone: nn.Module) -> nn.Module:
