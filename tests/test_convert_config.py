@@ -247,3 +247,27 @@ def test_the_readme_short_form_config(tmp_path):
     assert 'SSNRadiusHook' in [h['type'] for h in cfg.custom_hooks]
     model = build_model(cfg, from_scratch=True)
     assert plain_norms(model) == {} and sum(map(is_switch_norm, model.modules())) == 53
+
+
+def test_norm_decay_mult_reaches_switch_norm_layers_as_batchnorm():
+    """mmengine recognises norms by torch class; our constructor gives SN/SSN the same rule."""
+    from torch import nn
+
+    from ssn_plugins.norm import SparseSwitchNorm2d
+    wrapper_cfg = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4),
+                       constructor='SummaryOptimWrapperConstructor',
+                       paramwise_cfg=dict(norm_decay_mult=0.0, custom_keys={
+                           'mean_weight': dict(lr_mult=0.1, decay_mult=0.5)}))
+
+    def decays(norm):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), norm)
+        groups = build_optim_wrapper(model, wrapper_cfg).optimizer.param_groups
+        names = {id(p): n for n, p in model.named_parameters()}
+        return {names[id(g['params'][0])]: (g['lr'], g['weight_decay']) for g in groups}
+
+    ssn, bn = decays(SparseSwitchNorm2d(4)), decays(nn.BatchNorm2d(4))
+    for name in ('0.weight', '0.bias', '1.weight', '1.bias'):
+        assert ssn[name] == bn[name], name
+    assert ssn['1.weight'] == (0.1, 0.0) and ssn['0.weight'] == (0.1, 1e-4)
+    assert ssn['1.mean_weight'] == pytest.approx((0.01, 0.5e-4))  # the custom key wins
+    assert ssn['1.var_weight'] == (0.1, 0.0)

@@ -23,6 +23,7 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
 from ..builder import unwrap_model
+from ..norm.switch_norm import is_switch_norm
 
 __all__ = ['SummaryOptimWrapperConstructor', 'summarize_param_groups']
 
@@ -84,9 +85,25 @@ def summarize_param_groups(model: nn.Module, param_groups: list[dict], base_lr: 
 class SummaryOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """``DefaultOptimWrapperConstructor`` with a one-line log of the paramwise options.
 
-    The param groups are those of the default constructor, unchanged; its
-    per-parameter log lines go to DEBUG.
+    The param groups are those of the default constructor, with one addition:
+    ``paramwise_cfg.norm_decay_mult`` applies to SN/SSN layers as to torch's
+    norms (mmengine recognises a norm by its torch class, and these layers are
+    not ``_BatchNorm`` on purpose); a matching ``custom_keys`` entry still
+    wins.  Its per-parameter log lines go to DEBUG.
     """
+
+    def add_params(self, params: list, module: nn.Module, prefix: str = '', is_dcn_module=None) -> None:
+        first = len(params)
+        super().add_params(params, module, prefix, is_dcn_module)
+        norm_decay_mult = self.paramwise_cfg.get('norm_decay_mult', None)
+        if not is_switch_norm(module) or norm_decay_mult is None or self.base_wd is None:
+            return
+        own = {id(p): name for name, p in module.named_parameters(recurse=False)}
+        keys = self.paramwise_cfg.get('custom_keys', {})
+        for group in params[first:]:
+            name = own.get(id(group['params'][0]))
+            if name is not None and not any(key in f'{prefix}.{name}' for key in keys):
+                group['weight_decay'] = self.base_wd * norm_decay_mult
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         if not self.paramwise_cfg:
