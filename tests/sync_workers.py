@@ -96,6 +96,52 @@ def _finish() -> None:
     os._exit(0)
 
 
+def global_moments_gradcheck(rank: int, world_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """Directional derivatives of the global moments on the real process group, (analytic, numeric).
+
+    float64 central differences of the whole ``world_size``-rank function: every
+    rank holds its own rows (a different number per rank) and weighs the global
+    outputs with its own ``grad_output``, so a rank's input gradient is right
+    only with the other ranks' ``grad_output`` (the backward's all-reduce).  The
+    directions move the inputs of every rank, then of each rank alone (the
+    cross-rank term alone, for the ranks that stay put).  Collective: every rank
+    calls it at the same point.
+    """
+    from ssn_plugins.norm.sync import _GlobalMoments
+    gen = torch.Generator().manual_seed(10 + rank)
+    rows = 2 + rank
+    mean = torch.randn(rows, C, dtype=torch.float64, generator=gen)
+    var = torch.rand(rows, C, dtype=torch.float64, generator=gen) + 0.1
+    weight_mean, weight_var = torch.randn(2, C, dtype=torch.float64, generator=gen)
+
+    def total_loss(m, v):  # sum over ranks of each rank's weighted outputs
+        global_mean, global_var, _ = _GlobalMoments.apply(m, v, 5, None)
+        local = (global_mean * weight_mean).sum() + (global_var * weight_var).sum()
+        return local, _all_sum(local.detach())
+
+    m, v = mean.clone().requires_grad_(True), var.clone().requires_grad_(True)
+    total_loss(m, v)[0].backward()
+    pairs = []
+    for moved in [None] + list(range(world_size)):  # None: every rank moves
+        d_mean = torch.randn(rows, C, dtype=torch.float64, generator=gen)
+        d_var = torch.randn(rows, C, dtype=torch.float64, generator=gen)
+        if moved is not None and moved != rank:
+            d_mean.zero_()
+            d_var.zero_()
+        analytic = _all_sum((m.grad * d_mean).sum() + (v.grad * d_var).sum())
+        with torch.no_grad():
+            plus = total_loss(mean + eps * d_mean, var + eps * d_var)[1]
+            minus = total_loss(mean - eps * d_mean, var - eps * d_var)[1]
+        pairs.append(torch.stack([analytic, (plus - minus) / (2 * eps)]))
+    return torch.stack(pairs)
+
+
+def _all_sum(value: torch.Tensor) -> torch.Tensor:
+    value = value.clone()
+    dist.all_reduce(value)
+    return value
+
+
 def equivalence_worker(rank: int, out_dir: str, splits: list) -> None:
     """SyncSN/SyncSSN on this rank's share of the 4 samples (``splits`` = sizes per rank)."""
     _init(rank, len(splits), os.path.join(out_dir, 'rendezvous'))
@@ -117,14 +163,7 @@ def equivalence_worker(rank: int, out_dir: str, splits: list) -> None:
     bn_only.latch('bn', 'bn')
     results['bn_only'] = bn_only.train()(xs[rank]).detach()
     results['bn_only_running_var'] = bn_only.running_var.clone()
-    # The closed-form backward of the global moments, in float64 against finite
-    # differences, on a group of this rank alone (subgroups are made by every rank).
-    from ssn_plugins.norm.sync import _GlobalMoments
-    alone = [dist.new_group([r]) for r in range(len(splits))][rank]
-    mean = torch.randn(3, C, dtype=torch.float64, generator=gen).requires_grad_(True)
-    var = (torch.rand(3, C, dtype=torch.float64, generator=gen) + 0.1).requires_grad_(True)
-    results['gradcheck'] = torch.autograd.gradcheck(
-        lambda m, v: _GlobalMoments.apply(m, v, 5, alone)[:2], (mean, var))
+    results['gradcheck'] = global_moments_gradcheck(rank, len(splits))
     torch.save(results, os.path.join(out_dir, f'rank{rank}.pt'))
     _finish()
 
