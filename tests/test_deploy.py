@@ -11,6 +11,7 @@ from mmengine.runner import load_checkpoint
 from torch import nn
 
 import ssn_plugins.deploy as deploy
+import ssn_plugins.deploy.collapse as collapse
 from ssn_plugins import compat
 from ssn_plugins import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d, SwitchNorm2d,
                          collapse_norms, is_switch_norm)
@@ -63,7 +64,7 @@ def test_other_ranks(cls, shape, choice):
 
 def test_one_hot_sn_collapses_and_soft_sn_is_left_with_a_log_line(monkeypatch):
     messages = []
-    monkeypatch.setattr(deploy, 'print_log', lambda msg, **kw: messages.append(msg))
+    monkeypatch.setattr(collapse, 'print_log', lambda msg, **kw: messages.append(msg))
     model = nn.Sequential(SwitchNorm2d(4), SwitchNorm2d(4), SparseSwitchNorm2d(4)).eval()
     with torch.no_grad():
         model[0].mean_weight.copy_(torch.tensor([0.0, 0.0, 200.0]))  # softmax exactly one-hot
@@ -271,7 +272,7 @@ def test_onnx_export_of_the_segmentation_demo_matches_mmseg(tmp_path):
 
 @needs_onnx_torch
 def test_onnx_export_of_a_detector_covers_backbone_neck_and_rpn(tmp_path):
-    from ssn_plugins.onnx_export import export_onnx
+    from ssn_plugins.deploy.onnx import export_onnx
     torch.manual_seed(0)
     cfg, model = _build(_config(tmp_path, MASK_RCNN), 'mmdet')
     model = collapse_norms(_settle(model, [('in', 'in'), ('bn', 'bn'), ('ln', 'ln')]).eval())
@@ -283,7 +284,7 @@ def test_onnx_export_of_a_detector_covers_backbone_neck_and_rpn(tmp_path):
 
 def test_custom_onnx_operators_are_named():
     from onnx import helper
-    from ssn_plugins.onnx_export import check_standard_ops
+    from ssn_plugins.deploy.onnx import check_standard_ops
     node = helper.make_node('FusedConv', ['x'], ['y'], domain='com.microsoft')
     graph = helper.make_graph([node], 'g', [helper.make_tensor_value_info('x', 1, [1])],
                               [helper.make_tensor_value_info('y', 1, [1])])
@@ -305,7 +306,7 @@ def test_onnx_without_onnxruntime_says_what_to_install(tmp_path, monkeypatch):
 
 def test_onnx_on_an_older_torch_says_which_torch_it_needs(tmp_path, monkeypatch):
     """Before reading anything: the torch that torch.onnx.export(dynamo=True) needs."""
-    import ssn_plugins.onnx_export as onnx_export
+    import ssn_plugins.deploy.onnx as onnx_export
     monkeypatch.setattr(onnx_export, 'TORCH_VERSION', (2, 4))
     with pytest.raises(ImportError, match=r'needs torch >= 2\.5; this is torch '):
         deploy.deploy_checkpoint(SEG_DEMO, str(tmp_path / 'missing.pth'), str(tmp_path / 'd.pth'),
@@ -395,7 +396,7 @@ def test_deploy_names_a_config_it_cannot_use_before_any_work(tmp_path, text, mes
 @pytest.mark.parametrize('latch_mean', [False, True])
 def test_fixed_ratios_stand_in_computes_the_eval_layer_and_is_put_back(latch_mean):
     """The ONNX stand-in (constant ratios, composite path) against the layer's own eval forward."""
-    from ssn_plugins.onnx_export import FixedRatioNorm, fixed_ratios
+    from ssn_plugins.deploy.onnx import FixedRatioNorm, fixed_ratios
     model = nn.Sequential(SparseSwitchNorm2d(5), SwitchNorm2d(5), _settle(nn.Sequential(SparseSwitchNorm2d(5))))
     with torch.no_grad():
         for layer in (model[0], model[1]):

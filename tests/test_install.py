@@ -148,7 +148,7 @@ for what, call in (
         ('demo_data', lambda: __import__('ssn_plugins.demo', fromlist=['x']).make_demo_dataset('d', 2, 2, 64)),
         ('toolkit', lambda: __import__('ssn_plugins.engine.launch', fromlist=['x']).toolkit_of(
             {{'default_scope': 'mmseg'}})),
-        ('onnx', lambda: __import__('ssn_plugins.onnx_export', fromlist=['x']).require_onnx())):
+        ('onnx', lambda: __import__('ssn_plugins.deploy.onnx', fromlist=['x']).require_onnx())):
     try:
         call()
         errors[what] = None

@@ -1,4 +1,4 @@
-"""Deployment: replace settled SN/SSN layers by plain PyTorch norms, then fold BN into convs.
+"""Collapse: replace settled SN/SSN layers by the plain PyTorch norm they equal.
 
 Once an SSN layer has latched (or an SN layer's ratios are exactly one-hot),
 it *is* a BatchNorm, an InstanceNorm (GroupNorm(C, C), see :class:`InstanceNorm`) or a LayerNorm over
@@ -12,34 +12,22 @@ are left alone, with a log line saying why.
 """
 from __future__ import annotations
 
-import copy
 import logging
-import os
-from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
-from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.model.utils import _BatchNormXd
-from mmengine.registry import MODELS
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .builder import build_model, read_config, require_model
-from .checkpoint.pretrained import check_state_dict
-from .fileio import (check_destination, check_distinct, read_checkpoint, read_state_dict, replacing,
-                     torch_save)
-from .onnx_export import export_onnx, require_onnx
-from .norm.switch_norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
-                               SparseSwitchNormBase, SwitchNormBase)
+from ..norm.switch_norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
+                                SparseSwitchNormBase, SwitchNormBase)
+from .fold import fold_conv_bn
 
-__all__ = ['InstanceNorm', 'collapse_norms', 'collapse_plan', 'plain_norm', 'fold_conv_bn', 'build_collapsed',
-           'deploy_checkpoint', 'Deployed']
+__all__ = ['InstanceNorm', 'collapse_norms', 'collapse_plan', 'plain_norm']
 
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _SSN = {1: SparseSwitchNorm1d, 2: SparseSwitchNorm2d, 3: SparseSwitchNorm3d}
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _RANKS = {(2, 3): 1, (4,): 2, (5,): 3}
 
 
@@ -128,36 +116,6 @@ def plain_norm(layer: SwitchNormBase,
     return compact.to(device=layer.mean_weight.device).train(layer.training)
 
 
-def fold_conv_bn(module: nn.Module) -> int:
-    """Fold every eval-mode BN into the conv registered right before it; returns how many.
-
-    Like mmcv's ``fuse_conv_bn`` (the BN becomes ``nn.Identity``), but it also
-    takes Conv1d/Conv3d and BN without affine (torch's ``fuse_conv_bn_eval``),
-    only pairs *adjacent* children with matching channels, and skips a
-    ``ConvModule`` whose norm runs before its conv (``order=('norm', 'conv', ...)``).
-    Like mmcv's, it trusts registration order to be data-flow order (true for
-    mmdet/mmseg ResNets, ConvModule, FPN and the heads; check custom modules).
-    """
-    folded = 0
-    previous_name, previous = None, None
-    order = getattr(module, 'order', None)
-    norm_first = isinstance(order, tuple) and 'norm' in order and 'conv' in order and \
-        order.index('norm') < order.index('conv')
-    for name, child in list(module.named_children()):
-        if (isinstance(child, nn.modules.batchnorm._BatchNorm) and isinstance(previous, _CONV)
-                and not norm_first and child.track_running_stats and child.running_mean is not None
-                and previous.out_channels == child.num_features and not child.training
-                and not previous.training):
-            module._modules[previous_name] = fuse_conv_bn_eval(previous, child)
-            module._modules[name] = nn.Identity()
-            folded += 1
-            previous_name, previous = None, None
-            continue
-        folded += fold_conv_bn(child)
-        previous_name, previous = name, child
-    return folded
-
-
 def collapse_norms(model: nn.Module,
                    fuse_conv: bool = True,
                    plan: Optional[dict[str, Sequence[int]]] = None) -> nn.Module:
@@ -205,144 +163,3 @@ def collapse_norms(model: nn.Module,
     summary = ', '.join(f'{k}: {v}' for k, v in sorted(counts.items())) or 'no SN/SSN layers'
     print_log(f'collapse_norms: {summary}; {folded} BatchNorm folded into convs', logger='current')
     return model
-
-
-def build_collapsed(collapsed: Optional[dict] = None, **model_args) -> nn.Module:
-    """Build the model of a deployed config, with the structure :func:`collapse_norms` left.
-
-    Registered as ``CollapsedNorms`` in mmengine's root ``MODELS``.  The config
-    ``tools/deploy.py`` writes keeps the trained model's arguments and only
-    swaps its type::
-
-        model = dict(type='CollapsedNorms',
-                     collapsed=dict(model_type='EncoderDecoder', plan={...}, fuse_conv=True),
-                     backbone=..., decode_head=..., ...)  # the trained model's arguments
-
-    so whatever edits ``cfg.model`` edits the trained model's arguments, as it
-    would in the original config: mmseg's ``init_model`` (``pretrained``,
-    ``train_cfg``), mmdet's ``init_detector`` (``backbone.init_cfg``), the
-    Inferencers, the Runner's ``data_preprocessor``, ``--cfg-options model.*``.
-    The model is built, then collapsed exactly as ``collapsed['plan']`` says
-    (see :func:`collapse_plan`), ready for the deployed weights.
-
-    Configs written before this layout (``model=``, ``plan=``, ``fuse_conv=``) still build.
-    """
-    if collapsed is None and 'model' in model_args and 'plan' in model_args:
-        model = dict(model_args.pop('model'))  # the earlier layout: the original model nested
-        collapsed = dict(model_type=model.pop('type'), plan=model_args.pop('plan'),
-                         fuse_conv=model_args.pop('fuse_conv', True))
-        data_preprocessor = model_args.pop('data_preprocessor', None)
-        if data_preprocessor is not None:  # mmengine's Runner merges the top-level one in
-            model.setdefault('data_preprocessor', data_preprocessor)
-        model_args = dict(model, **model_args)  # e.g. init_model's pretrained=None, train_cfg=None
-    if not isinstance(collapsed, dict) or not {'model_type', 'plan'} <= set(collapsed):
-        raise TypeError("CollapsedNorms needs collapsed=dict(model_type=..., plan=..., fuse_conv=...) "
-                        "beside the model's arguments, as in the config tools/deploy.py writes; "
-                        f"got collapsed={collapsed!r}")
-    plan = collapsed['plan']
-    built = MODELS.build(dict(model_args, type=collapsed['model_type']))
-    built.eval()  # not chained: some modules' train() returns None (mmseg's ResNet)
-    layers = {n for n, m in built.named_modules() if isinstance(m, SwitchNormBase)}
-    unknown = sorted(set(plan) - layers)
-    if unknown:
-        raise ValueError(f'CollapsedNorms: plan names layers that are not SN/SSN in this model: '
-                         f'{unknown[:5]}')
-    with torch.no_grad():
-        return collapse_norms(built, collapsed.get('fuse_conv', True),
-                              plan={k: tuple(v) for k, v in plan.items()})
-
-
-MODELS.register_module('CollapsedNorms', module=build_collapsed)
-
-
-def _deployed_config(cfg: Config, plan: dict[str, list[int]], fuse_conv: bool) -> Config:
-    """``cfg`` with its model as :func:`build_collapsed` takes it, and ``ssn_plugins`` imported."""
-    deployed = copy.deepcopy(cfg)
-    model = cfg.model.to_dict()
-    deployed.model = dict(type='CollapsedNorms',
-                          collapsed=dict(model_type=model.pop('type'), plan=plan, fuse_conv=fuse_conv),
-                          **model)
-    imports = deployed.get('custom_imports') or dict(imports=[], allow_failed_imports=False)
-    names = imports.get('imports', [])
-    names = [names] if isinstance(names, str) else list(names)
-    if 'ssn_plugins' not in names:  # CollapsedNorms must be registered wherever the config is read
-        deployed.custom_imports = dict(imports, imports=names + ['ssn_plugins'])
-    return deployed
-
-
-@dataclass
-class Deployed:
-    """What :func:`deploy_checkpoint` wrote: paths, and the ONNX check when asked for."""
-    checkpoint: str
-    config: str
-    onnx: Optional[str] = None
-    onnx_report: Optional[dict] = None  # see ssn_plugins.onnx_export.export_onnx
-
-
-def _deploy_paths(config: Union[str, Config], checkpoint: str, out: str,
-                  onnx: Optional[str]) -> list[str]:
-    """``[OUT, OUT.py(, ONNX)]``, refusing names that would overwrite an input or each other."""
-    if os.path.splitext(out)[1] == '.py':
-        raise ValueError(f'OUT {out} ends in .py, but the deployed config is written to OUT with '
-                         f'the suffix .py, so it would overwrite the checkpoint: name it e.g. '
-                         f'{os.path.splitext(out)[0]}.pth')
-    paths = [out, os.path.splitext(out)[0] + '.py'] + ([onnx] if onnx else [])
-    inputs = {checkpoint: 'the input checkpoint'}
-    if isinstance(config, str):
-        inputs[config] = 'the input config'
-    check_distinct(paths)  # before any other check or work (replacing checks them again)
-    for path in paths:
-        check_destination(path, inputs)  # by real path: a link to an input is refused too
-    return paths
-
-
-def deploy_checkpoint(config: Union[str, Config],
-                      checkpoint: str,
-                      out: str,
-                      fuse_conv: bool = True,
-                      onnx: Optional[str] = None,
-                      onnx_shape: Optional[Sequence[int]] = None) -> Deployed:
-    """Collapse a trained checkpoint of ``config``; write ``out``, a config beside it, and ONNX.
-
-    ``out`` holds the collapsed ``state_dict`` (plain tensors, loads with
-    ``weights_only=True``; its ``meta`` has the config and the source's
-    ``dataset_meta``) and ``out`` with the suffix ``.py`` a config whose model
-    is ``CollapsedNorms`` (see :func:`build_collapsed`), so ``tools/test.py
-    OUT.py OUT``, mmseg's ``init_model``, mmdet's ``init_detector`` and the
-    Inferencers use the deployed network.  With
-    ``onnx``, the collapsed model is also exported there (image ``onnx_shape``
-    (H, W); see :mod:`ssn_plugins.onnx_export`) and checked in onnxruntime.
-
-    The files are written as temporaries beside their destinations and
-    renamed over them only when all were written, so a failure leaves an
-    older deployment whole (:func:`ssn_plugins.fileio.replacing`; only a
-    crash between the renames could leave a new checkpoint beside an old
-    config).
-    """
-    cfg = read_config(config)
-    require_model(cfg, config)  # before reading the checkpoint
-    paths = _deploy_paths(config, checkpoint, out, onnx)
-    if onnx:
-        require_onnx()  # before the work, not after it
-    source = read_checkpoint(checkpoint)
-    state = read_state_dict(source, where=checkpoint)
-    model = build_model(cfg)
-    check_state_dict(model, state, source=checkpoint)  # exact, up to num_batches_tracked
-    model.load_state_dict(state, strict=False)
-    model.eval()
-    plan = collapse_plan(model)
-    with torch.no_grad():
-        collapse_norms(model, fuse_conv)
-    deployed = _deployed_config(cfg, plan, fuse_conv)
-    meta = {'cfg': deployed.pretty_text}  # as in a Runner checkpoint: the Inferencers read it
-    if isinstance(source.get('meta'), dict) and 'dataset_meta' in source['meta']:
-        meta['dataset_meta'] = source['meta']['dataset_meta']
-    report = None
-    with replacing(*paths) as temps:
-        torch_save({'state_dict': model.state_dict(), 'meta': meta}, temps[0])
-        deployed.dump(temps[1])
-        if onnx:
-            report = export_onnx(model, cfg, temps[2], onnx_shape)
-            report['path'] = os.path.abspath(onnx)
-    return Deployed(os.path.abspath(out), os.path.abspath(paths[1]),
-                    os.path.abspath(onnx) if onnx else None, report)

@@ -32,10 +32,10 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .compat import ONNX_DYNAMO_MIN_TORCH, TORCH_VERSION
-from .extras import require
-from .norm.functional import switch_norm
-from .norm.switch_norm import SparseSwitchNormBase, SwitchNormBase
+from ..compat import ONNX_DYNAMO_MIN_TORCH, TORCH_VERSION
+from ..extras import require
+from ..norm.functional import switch_norm
+from ..norm.switch_norm import SparseSwitchNormBase, SwitchNormBase
 
 __all__ = ['FixedRatioNorm', 'fixed_ratios', 'ImageToOutputs', 'export_onnx', 'onnx_input_shape', 'check_standard_ops', 'require_onnx']
 
