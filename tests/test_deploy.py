@@ -274,12 +274,32 @@ def test_onnx_export_of_the_segmentation_demo_matches_mmseg(tmp_path):
 def test_onnx_export_of_a_detector_covers_backbone_neck_and_rpn(tmp_path):
     from ssn_plugins.deploy.onnx import export_onnx
     torch.manual_seed(0)
+    import copy
+
+    import onnxruntime
+    from mmdet.structures import DetDataSample
     cfg, model = _build(_config(tmp_path, MASK_RCNN), 'mmdet')
-    model = collapse_norms(_settle(model, [('in', 'in'), ('bn', 'bn'), ('ln', 'ln')]).eval())
-    report = export_onnx(model, cfg, str(tmp_path / 'det.onnx'), shape=(64, 64))
+    model = _settle(model, [('in', 'in'), ('bn', 'bn'), ('ln', 'ln')]).eval()
+    reference = copy.deepcopy(model)  # the SN/SSN layers as trained, not collapsed
+    report = export_onnx(collapse_norms(model), cfg, str(tmp_path / 'det.onnx'), shape=(64, 64))
     # 5 FPN levels, then RPN scores and box deltas per level
     assert report['kind'] == 'detector' and report['outputs'] == 15
-    assert report['max_abs_diff'] <= 1e-4
+    # recomputed here: a fresh image through mmdet's own data preprocessor, the
+    # uncollapsed model's features and RPN head, against onnxruntime
+    size = 64
+    image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8)
+    sample = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size)))
+    data = reference.data_preprocessor(dict(inputs=[image], data_samples=[sample]), False)
+    with torch.no_grad():
+        feats = reference.extract_feat(data['inputs'])
+        scores, deltas = reference.rpn_head(feats)
+    expected = [*feats, *scores, *deltas]
+    session = onnxruntime.InferenceSession(report['path'], providers=['CPUExecutionProvider'])
+    got = session.run(None, {session.get_inputs()[0].name: image[None].float().numpy()})
+    assert len(got) == len(expected) == 15
+    for g, e in zip(got, expected):
+        assert g.shape == tuple(e.shape)
+        assert float((torch.from_numpy(g) - e).abs().max()) <= 1e-4
 
 
 def test_custom_onnx_operators_are_named():
