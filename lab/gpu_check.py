@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from . import benchmark
-from .compat import grad_scaler
-from .demo.run import DEMO_CONFIG
-from .norm import is_switch_norm
+from ssn_plugins.compat import grad_scaler
+from ssn_plugins.demo.run import DEMO_CONFIG
+from ssn_plugins.norm import is_switch_norm
 
 __all__ = ['NO_CUDA_MESSAGE', 'require_cuda', 'sync_errors_in_switch_norms', 'sync_check',
            'amp_check', 'cuda_times', 'layer_times', 'iteration_times', 'run_checks', 'passed',

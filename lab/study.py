@@ -28,10 +28,10 @@ from typing import Callable, Sequence
 
 from mmengine.config import Config
 
-from ..engine import launch
-from ..fileio import check_destination, replacing
-from ..mim import config_path
-from .shapes import make_demo_dataset
+from ssn_plugins.engine import launch
+from ssn_plugins.fileio import check_destination, replacing
+from ssn_plugins.mim import config_path
+from ssn_plugins.demo.shapes import make_demo_dataset
 
 __all__ = ['NORMS', 'BATCHES', 'StudySetting', 'FULL', 'QUICK', 'gn_groups', 'study_config',
            'choice_shares', 'run_one', 'run_study', 'summarize', 'format_table', 'plot_study']
@@ -184,7 +184,7 @@ def choice_shares(records: Sequence[dict]) -> dict:
 def run_one(norm: str, batch: int, seed: int, setting: StudySetting, data_root: str,
             work_dir: str) -> dict:
     """Train and evaluate one model; returns its record for ``study.json``."""
-    from ..analysis import collect_ratios
+    from ssn_plugins.analysis import collect_ratios
 
     cfg = study_config(norm, batch, seed, setting, data_root, work_dir)
     start = time.time()

@@ -7,6 +7,8 @@ import torch
 # Test helpers (the float64 references) live beside the tests; pytest runs in
 # importlib mode because the mmseg wheel installs a top-level `tests` package.
 sys.path.insert(0, os.path.dirname(__file__))
+# The lab (measurements and experiments, not installed with the package) sits at the repo root.
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,8 @@ import sys
 
 import torch
 
-from ssn_plugins import SparseSwitchNorm2d, benchmark, profiling
+from lab import benchmark, profiling
+from ssn_plugins import SparseSwitchNorm2d
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

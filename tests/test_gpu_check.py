@@ -6,7 +6,7 @@ import os.path as osp
 import pytest
 import torch
 
-from ssn_plugins import gpu_check
+from lab import gpu_check
 
 TOOL = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools', 'gpu_check.py')
 
@@ -85,7 +85,7 @@ def test_sync_errors_cover_the_layers_forward_and_backward(monkeypatch):
 @pytest.mark.parametrize('latched', [False, True], ids=['free', 'latched'])
 def test_demo_step_runs_on_cpu_with_the_hooks(monkeypatch, latched):
     # what sync_check runs, minus the device: the demo model, its batch and loss
-    from ssn_plugins import benchmark
+    from lab import benchmark
     monkeypatch.setattr(torch.cuda, 'set_sync_debug_mode', lambda mode: None)
     model = benchmark.build_model(gpu_check.DEMO_CONFIG, 'mmdet').train()
     if latched:

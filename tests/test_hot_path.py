@@ -11,7 +11,7 @@ from torch import nn
 from ssn_plugins import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d, SwitchNorm1d,
                          SwitchNorm2d, SwitchNorm3d, SyncSparseSwitchNorm, SyncSwitchNorm,
                          update_choices)
-from ssn_plugins.profiling import OpCounter, eval_forward_counts, train_step_counts
+from lab.profiling import OpCounter, eval_forward_counts, train_step_counts
 
 # (mean, var) choices; None = free.  'device' states latched in a forward the host has not read yet.
 STATES = {

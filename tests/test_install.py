@@ -92,6 +92,7 @@ def test_python_floor_matches_the_code_vermin():
     if vermin is None:
         pytest.skip('vermin is not installed (pip install -e .[tests])')
     files = sorted(glob.glob(osp.join(REPO, 'ssn_plugins', '**', '*.py'), recursive=True)
+                   + glob.glob(osp.join(REPO, 'lab', '**', '*.py'), recursive=True)
                    + glob.glob(osp.join(REPO, 'tools', '*.py')))
     # annotations are evaluated only in modules without `from __future__ import annotations`
     lazy = [f for f in files if 'from __future__ import annotations' in open(f).read()]
@@ -107,7 +108,8 @@ def test_python_floor_matches_the_code_vermin():
 def test_module_level_code_parses_as_python_3_8():
     """What vermin does not see: syntax newer than 3.8, and builtin generics outside annotations."""
     import ast
-    for path in glob.glob(osp.join(REPO, 'ssn_plugins', '**', '*.py'), recursive=True):
+    for path in glob.glob(osp.join(REPO, 'ssn_plugins', '**', '*.py'), recursive=True) + \
+            glob.glob(osp.join(REPO, 'lab', '**', '*.py'), recursive=True):
         source = open(path).read()
         tree = ast.parse(source, path, feature_version=(3, 8))
         for node in tree.body:  # module-level aliases are evaluated at import

@@ -134,3 +134,47 @@ def test_wheel_install_ships_every_config(tmp_path):
         # the relative _base_ files resolved inside the installed copy, not in the checkout
         ours = [f for f in got['files'] if 'ssn_plugins' in f]
         assert ours and all(f.startswith(str(site)) for f in ours), got['files']
+
+
+# the lab's tools import lab/, which the wheel does not hold
+LAB_TOOLS = ('benchmark.py', 'gpu_check.py', 'small_batch_study.py')
+
+
+def _library_files():
+    """What the wheel must hold: the package's modules, the configs and the users' tools."""
+    files = set()
+    for path in glob.glob(osp.join(REPO, 'ssn_plugins', '**', '*'), recursive=True):
+        rel = osp.relpath(path, REPO)
+        if osp.isfile(path) and '__pycache__' not in rel and '.mim' not in rel and \
+                (rel.endswith('.py') or osp.basename(rel) == 'py.typed'):
+            files.add(rel.replace(os.sep, '/'))
+    files.add('ssn_plugins/.mim/model-index.yml')
+    files.update(f'ssn_plugins/.mim/configs/{name}' for name in SHIPPED)
+    for path in glob.glob(osp.join(REPO, 'tools', '*.py')) + glob.glob(osp.join(REPO, 'tools', '*.sh')):
+        if osp.basename(path) not in LAB_TOOLS:
+            files.add(f'ssn_plugins/.mim/tools/{osp.basename(path)}')
+    return files
+
+
+@pytest.mark.timeout(300)
+def test_the_wheel_holds_the_library_and_not_the_lab(tmp_path):
+    """About 15 s: the wheel built from the sources, lab/ and tests/ beside them, as in the repository."""
+    import shutil
+    import zipfile
+
+    from source_tree import copy_sources
+    src = copy_sources(tmp_path / 'src')
+    for folder in ('lab', 'tests'):  # beside the package, as in the checkout: must not be picked up
+        shutil.copytree(osp.join(REPO, folder), osp.join(src, folder),
+                        ignore=shutil.ignore_patterns('__pycache__'))
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--quiet', '--no-deps', '--no-build-isolation',
+                    '--no-index', '--wheel-dir', str(tmp_path / 'dist'), src],
+                   check=True, cwd=str(tmp_path), timeout=240)
+    wheel, = glob.glob(str(tmp_path / 'dist' / 'ssn_plugins-*.whl'))
+    names = zipfile.ZipFile(wheel).namelist()
+    files = {n for n in names if '.dist-info/' not in n}
+    assert files == _library_files(), (sorted(files - _library_files()), sorted(_library_files() - files))
+    for lab in ('profiling', 'benchmark', 'gpu_check', 'study'):
+        assert not [n for n in names if lab in n], lab
+    assert not [n for n in names if n.startswith(('lab/', 'tests/'))]
+    assert 'ssn_plugins/models/resnet_stem.py' in files and 'ssn_plugins/deploy/onnx.py' in files

@@ -1,11 +1,11 @@
-"""ssn_plugins.profiling: the counters count what they claim (host reads, kernels, graph breaks).
+"""lab.profiling: the counters count what they claim (host reads, kernels, graph breaks).
 
 The layers' own targets (no reads, kernel budgets, one graph) are in test_hot_path.py."""
 import pytest
 import torch
 from torch import nn
 
-from ssn_plugins import profiling
+from lab import profiling
 
 
 def _counts(fn):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from lab.study import (QUICK, StudySetting, choice_shares, format_table, gn_groups, run_study,
+                       study_config, summarize)
 from ssn_plugins.demo import make_demo_dataset
-from ssn_plugins.demo.study import (QUICK, StudySetting, choice_shares, format_table, gn_groups,
-                                    run_study, study_config, summarize)
 
 STUDY = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools', 'small_batch_study.py')
 TINY = StudySetting(images=4, num_train=8, num_val=4, size=32)

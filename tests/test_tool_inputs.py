@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-import ssn_plugins.demo.study as study
+import lab.study as study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG_CFG = os.path.join(ROOT, 'configs', 'demo', 'fcn_r18-ssn_demo.py')

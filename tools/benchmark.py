@@ -10,12 +10,16 @@ batch 2 and 8) and writes every measurement as JSON.
 """
 import argparse
 import json
+import os.path as osp
+import sys
 from typing import Tuple
 
 import torch
 
-from ssn_plugins import benchmark, config_path
-from ssn_plugins.fileio import check_destination, replacing
+sys.path.insert(0, osp.dirname(osp.dirname(osp.realpath(__file__))))  # lab/ beside the package
+from lab import benchmark  # noqa: E402
+from ssn_plugins import config_path  # noqa: E402
+from ssn_plugins.fileio import check_destination, replacing  # noqa: E402
 
 # the shipped configs, found from any working directory (also as ssn_plugins/.mim/tools)
 MMDET_CONFIG = config_path('mmdet/mask-rcnn_r50-ssn_fpn_1x_coco.py')

@@ -8,11 +8,14 @@ a message (status 1) when no CUDA device is available.
 """
 import argparse
 import json
+import os.path as osp
+import sys
 
-from ssn_plugins import gpu_check
-from ssn_plugins.fileio import check_destination, replacing
-from ssn_plugins.benchmark import RESNET50_NORM_SHAPES
-from ssn_plugins.demo.run import DEMO_CONFIG
+sys.path.insert(0, osp.dirname(osp.dirname(osp.realpath(__file__))))  # lab/ beside the package
+from lab import gpu_check  # noqa: E402
+from lab.benchmark import RESNET50_NORM_SHAPES  # noqa: E402
+from ssn_plugins.demo.run import DEMO_CONFIG  # noqa: E402
+from ssn_plugins.fileio import check_destination, replacing  # noqa: E402
 
 
 def parse_args(argv=None):

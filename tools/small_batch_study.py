@@ -11,11 +11,13 @@ the same setting and DIR skips the runs already in DIR/study.json.
 """
 import argparse
 import dataclasses
+import os.path as osp
 import sys
 
 import torch
 
-from ssn_plugins.demo.study import BATCHES, FULL, NORMS, QUICK, run_study
+sys.path.insert(0, osp.dirname(osp.dirname(osp.realpath(__file__))))  # lab/ beside the package
+from lab.study import BATCHES, FULL, NORMS, QUICK, run_study  # noqa: E402
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@ from other processes hits all of them alike; we report medians.  Memory is the
 number of bytes autograd saves between forward and backward (summed with
 ``torch.autograd.graph.saved_tensors_hooks``): deterministic, and the term by
 which a norm layer adds to a network's training peak.  Host reads, kernels
-and graph breaks per layer come from :mod:`ssn_plugins.profiling`.
+and graph breaks per layer come from :mod:`lab.profiling`.
 
 ``timing``: clocks and measures; ``layers``: per-layer benchmarks;
 ``networks``: whole models; ``tables``: the markdown report.

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from .. import profiling
-from ..compat import recompile_limit_option
-from ..norm import SparseSwitchNorm2d, SwitchNorm2d, update_choices
+from ssn_plugins.compat import recompile_limit_option
+from ssn_plugins.norm import SparseSwitchNorm2d, SwitchNorm2d, update_choices
 from .timing import saved_bytes, time_interleaved, to_ms
 
 __all__ = ['RESNET50_NORM_SHAPES', 'latch_layer', 'layer_kinds', 'layer_benchmark',

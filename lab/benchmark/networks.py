@@ -7,10 +7,10 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from ..builder import build_model as build_config_model
-from ..builder import read_config
-from ..deploy import collapse_norms, fold_conv_bn
-from ..norm import SparseSwitchNormBase
+from ssn_plugins.builder import build_model as build_config_model
+from ssn_plugins.builder import read_config
+from ssn_plugins.deploy import collapse_norms, fold_conv_bn
+from ssn_plugins.norm import SparseSwitchNormBase
 from .layers import latch_layer
 from .timing import time_interleaved, to_ms
 

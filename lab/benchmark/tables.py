@@ -51,7 +51,7 @@ def _layer_tables(layers: Optional[list[dict]], counts: Optional[dict]) -> list[
         lines.append('| ' + ' | '.join(cells) + ' |')
     if counts:
         lines += ['', f'Counts at {tuple(counts["shape"])}: host reads and kernel-launching ATen '
-                  'ops of one steady-state step (ssn_plugins.profiling); graph breaks of the '
+                  'ops of one steady-state step (lab.profiling); graph breaks of the '
                   'forward (torch._dynamo.explain).']
     lines.append('')
     return lines
