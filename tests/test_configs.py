@@ -294,3 +294,33 @@ def test_missing_pretrained_file_says_how_to_make_it(path, tmp_path, monkeypatch
     backbone = MODELS.build(dict(cfg.model.backbone, depth=18))
     with pytest.raises(FileNotFoundError, match='tools/convert_checkpoint.py'):
         backbone.init_weights()
+
+
+def _synchronized(value, counts):
+    """``value`` with every ``norm_cfg`` of type SSN turned into SyncSSN (``counts`` counts them)."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == 'norm_cfg' and isinstance(item, dict) and item.get('type') == 'SSN':
+                item = dict(item, type='SyncSSN')
+                counts.append(1)
+            out[key] = _synchronized(item, counts)
+        return out
+    if isinstance(value, (list, tuple)):
+        return type(value)(_synchronized(v, counts) for v in value)
+    return value
+
+
+@pytest.mark.parametrize('path', [p for p in ALL_CONFIGS if '-syncssn' in os.path.basename(p)], ids=_id)
+def test_a_syncssn_config_is_its_ssn_config_with_every_layer_synchronized(path):
+    """Nothing else differs: data, schedule, hooks, optimizer and the rest of the model."""
+    sync = Config.fromfile(path).to_dict()
+    ssn = Config.fromfile(path.replace('-syncssn', '-ssn')).to_dict()
+    counts = []
+    expected = _synchronized(ssn['model'], counts)
+    assert len(counts) >= 2  # the backbone and the heads
+    assert sync['model'] == expected
+    named_apart = {k for k in sync if k.startswith('syncssn_')}  # the shared base's values
+    assert {k: v for k, v in sync.items() if k not in named_apart | {'model', 'norm_cfg'}} == \
+        {k: v for k, v in ssn.items() if k not in {'model', 'norm_cfg'}}
+    assert sync.get('norm_cfg', {}).get('type', 'SyncSSN') == 'SyncSSN'
