@@ -1,6 +1,5 @@
 """Ratio analysis (records, JSON, PNG, summary, CLI) and the monitoring hook."""
 import glob
-import importlib.util
 import json
 import math
 import os
@@ -17,16 +16,9 @@ from ssn_plugins.analysis import (collect_ratios, format_summary, ratios_from_ch
                                   ratios_from_state_dict, switch_norm_stats, write_ratios)
 from ssn_plugins.fileio import read_state_dict
 from ssn_reference import ref_sparsestmax
+from tool_loader import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location('analyze_ratios',
-                                                  os.path.join(ROOT, 'tools', 'analyze_ratios.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _mixed_model():
@@ -198,7 +190,7 @@ def test_cli_with_checkpoint_alone(tmp_path, capsys):
     model = _mixed_model()
     ckpt = str(tmp_path / 'model.pth')
     torch.save(model.state_dict(), ckpt)
-    _tool().main([ckpt, '--out', str(tmp_path / 'out')])
+    load_tool('analyze_ratios').main([ckpt, '--out', str(tmp_path / 'out')])
     out = capsys.readouterr().out
     assert 'mean chosen:' in out and 'var  chosen:' in out
     with open(tmp_path / 'out' / 'ratios.json') as f:
@@ -226,7 +218,7 @@ def test_cli_with_config_and_checkpoint(tmp_path):
             m.set_radius(0.6)
     ckpt = str(tmp_path / 'seg.pth')
     torch.save({'state_dict': model.state_dict()}, ckpt)
-    _tool().main([str(config), ckpt, '--out', str(tmp_path / 'out')])
+    load_tool('analyze_ratios').main([str(config), ckpt, '--out', str(tmp_path / 'out')])
     with open(tmp_path / 'out' / 'ratios.json') as f:
         records = json.load(f)
     assert [r['name'] for r in records] == [n for n, _ in layers]

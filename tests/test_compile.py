@@ -10,7 +10,6 @@ there fails under inductor too), without code generation; still about 2 to
 4 minutes per config, most of it tracing the SN/SSN layers.
 """
 import glob
-import importlib.util
 import os.path as osp
 
 import pytest
@@ -19,6 +18,7 @@ import torch._dynamo
 
 from ssn_plugins.compat import TORCH_VERSION, WHOLE_STEP_COMPILE_MIN_TORCH
 from ssn_plugins.engine import EagerStepEndsHook, launch
+from tool_loader import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'demo', '*.py')))
@@ -39,9 +39,7 @@ def test_enable_compile_sets_mmengine_option():
 
 
 def test_train_tool_compile_flags(monkeypatch):
-    spec = importlib.util.spec_from_file_location('ssn_tool_train', osp.join(REPO, 'tools', 'train.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('train')
     trained = []
     monkeypatch.setattr(launch, 'train', trained.append)
     tool.main([DEMO_CONFIGS[0], '--work-dir', 'unused', '--compile'])

@@ -1,5 +1,4 @@
 """The synthetic shapes data set: seeded, COCO-valid, the layouts agree, never half-written."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -13,11 +12,9 @@ from pycocotools.coco import COCO
 
 from ssn_plugins.demo import DEMO_CLASSES, make_demo_dataset, shapes
 from ssn_plugins.demo.shapes import cls_size
+from tool_loader import load_tool
 
-_spec = importlib.util.spec_from_file_location(
-    'make_demo_data', osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools', 'make_demo_data.py'))
-make_demo_data = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_demo_data)
+make_demo_data = load_tool('make_demo_data')
 
 
 @pytest.fixture(scope='module')

@@ -23,19 +23,13 @@ from torch import nn
 import ssn_plugins
 from ssn_plugins.builder import build_model
 from ssn_plugins.deploy import InstanceNorm
+from tool_loader import load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SEG = osp.join(ROOT, 'configs', 'demo', 'fcn_r18-ssn_demo.py')
 DET = osp.join(ROOT, 'configs', 'demo', 'mask-rcnn_r18-ssn_fpn_demo.py')
 # IN, LN, BN, and mixed choices: every kind of collapsed layer
 CHOICES = [('in', 'in'), ('bn', 'bn'), ('ln', 'ln'), ('bn', 'in'), ('in', 'in'), ('ln', 'bn')]
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'_tool_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _trained(config, folder):
@@ -53,7 +47,7 @@ def _trained(config, folder):
     metainfo = dict(cfg.test_dataloader.dataset.metainfo)
     checkpoint = str(folder / 'trained.pth')
     torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': metainfo}}, checkpoint)
-    _tool('deploy').main([config, checkpoint, str(folder / 'deployed.pth')])
+    load_tool('deploy').main([config, checkpoint, str(folder / 'deployed.pth')])
     return config, checkpoint, str(folder / 'deployed.py'), str(folder / 'deployed.pth')
 
 
@@ -177,7 +171,7 @@ def test_upstream_and_our_test_py_give_the_original_metrics(toolkit, request, de
         runpy.run_path(_upstream_test(toolkit), run_name='__main__')
         metrics[name] = _last_metrics(work_dir)
     out = str(demo_dir / 'ours.json')
-    _tool('test').main([deployed_config, deployed, '--work-dir', str(demo_dir / 'ours'),
+    load_tool('test').main([deployed_config, deployed, '--work-dir', str(demo_dir / 'ours'),
                         '--out-metrics', out, '--cfg-options', *TINY])
     ours = json.load(open(out))
     for key in keys:
@@ -201,7 +195,7 @@ def test_a_deployed_config_imports_ssn_plugins_itself(tmp_path):
     for k, m in enumerate(m for m in model.modules() if ssn_plugins.is_switch_norm(m)):
         m.latch(*CHOICES[k % len(CHOICES)])
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, tmp_path / 'trained.pth')
-    _tool('deploy').main([str(config), str(tmp_path / 'trained.pth'), str(tmp_path / 'deployed.pth')])
+    load_tool('deploy').main([str(config), str(tmp_path / 'trained.pth'), str(tmp_path / 'deployed.pth')])
     code = ("import sys; from mmseg.apis import init_model; "
             "m = init_model(sys.argv[1], sys.argv[2], device='cpu'); "
             "assert 'ssn_plugins' in sys.modules; print(type(m).__name__)")

@@ -4,7 +4,6 @@ Probed as a user meets them: a full disk (``ulimit -f`` in a child process),
 a crash between writes, outputs that would overwrite each other, a folder or
 a file where a folder should be, empty, malicious and broken checkpoints.
 """
-import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from released_layout import released_state_dict, save_released
 from ssn_plugins import fileio
 from ssn_plugins.checkpoint import convert_checkpoint
 from ssn_plugins.deploy import deploy_checkpoint
+from tool_loader import one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SEG = """
@@ -30,24 +30,6 @@ model = dict(pretrained=None, data_preprocessor=data_preprocessor,
              decode_head=dict(in_channels=64, channels=8, num_convs=1, num_classes=3, norm_cfg=ssn),
              auxiliary_head=None)
 """
-
-
-def _tool(name):
-    """tools/NAME.py as a module."""
-    path = os.path.join(ROOT, 'tools', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(f'ssn_tool_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _one_line_error(name, *args):
-    """Run tools/NAME.py's main; it must exit non-zero with one line (no traceback)."""
-    with pytest.raises(SystemExit) as exit_info:
-        _tool(name).main([str(a) for a in args])
-    message = exit_info.value.code
-    assert isinstance(message, str) and '\n' not in message.strip(), message
-    return message
 
 
 # a child process that may write at most LIMIT bytes to a file (ulimit -f), running tools' mains
@@ -163,7 +145,7 @@ def test_replaced_files_get_the_usual_permissions(tmp_path):
 
 def test_deploy_refuses_outputs_that_overwrite_each_other_or_an_input(tmp_path, latched_seg):
     config, ckpt = latched_seg
-    message = _one_line_error('deploy', config, ckpt, tmp_path / 'out' / 'model.py')
+    message = one_line_error('deploy', config, ckpt, tmp_path / 'out' / 'model.py')
     assert 'ends in .py' in message and 'model.pth' in message
     assert not (tmp_path / 'out').exists()
     with pytest.raises(ValueError, match='input checkpoint'):
@@ -178,8 +160,8 @@ def test_destinations_that_cannot_be_files_get_one_line(tmp_path):
     src = save_released(released_state_dict('ssn', 50, 8), str(tmp_path / 'src.pth'))
     (tmp_path / 'folder').mkdir()
     (tmp_path / 'file').write_text('x')
-    assert 'is a folder' in _one_line_error('convert_checkpoint', src, tmp_path / 'folder')
-    message = _one_line_error('convert_checkpoint', src, tmp_path / 'file' / 'dst.pth')
+    assert 'is a folder' in one_line_error('convert_checkpoint', src, tmp_path / 'folder')
+    message = one_line_error('convert_checkpoint', src, tmp_path / 'file' / 'dst.pth')
     assert f'{tmp_path / "file"} is a file, not a folder' in message
     with pytest.raises(ValueError, match='is a file, not a folder'):
         fileio.save_checkpoint({}, tmp_path / 'file' / 'deeper' / 'dst.pth')
@@ -195,7 +177,7 @@ def test_empty_checkpoint_is_named_by_every_tool(tmp_path, latched_seg):
                        ('analyze_ratios', [latched_seg[0], empty, '--out', tmp_path / 'r']),
                        ('deploy', [latched_seg[0], empty, tmp_path / 'd.pth']),
                        ('convert_checkpoint', [empty, tmp_path / 'c.pth'])]:
-        assert f'{empty} is empty (0 bytes)' in _one_line_error(tool, *args)
+        assert f'{empty} is empty (0 bytes)' in one_line_error(tool, *args)
     assert os.listdir(tmp_path) == ['empty.pth']
 
 
@@ -216,7 +198,7 @@ def test_malicious_pickle_is_named_and_nothing_runs(tmp_path):
     message = str(err.value)
     assert 'disallowed Python global (posix.system)' in message and 'nothing was loaded' in message
     assert 'corrupted' not in message
-    message = _one_line_error('convert_checkpoint', path, tmp_path / 'out.pth')
+    message = one_line_error('convert_checkpoint', path, tmp_path / 'out.pth')
     assert 'posix.system' in message and 'nothing was loaded' in message
     assert not marker.exists() and not (tmp_path / 'out.pth').exists()
 

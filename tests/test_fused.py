@@ -136,18 +136,7 @@ def test_unknown_path_is_an_error():
 
 def test_saves_no_more_than_batchnorm():
     """Autograd keeps x plus per-(n, c) vectors only: within 10% of BatchNorm2d's saved bytes."""
-
-    def saved_bytes(fn):
-        total = [0]
-
-        def pack(t):
-            total[0] += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn()
-        return total[0]
-
+    from lab.benchmark.timing import saved_bytes  # the benchmark's own measure
     x = torch.randn(2, 32, 14, 14, requires_grad=True)
     bn = torch.nn.BatchNorm2d(32)
     from ssn_plugins import SparseSwitchNorm2d, SwitchNorm2d

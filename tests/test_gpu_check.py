@@ -1,26 +1,15 @@
 """tools/gpu_check.py on a machine without CUDA: it imports, exits with a clear message,
 and its table formats fake numbers (the checks themselves need a device)."""
-import importlib.util
-import os.path as osp
-
 import pytest
 import torch
 
 from lab import gpu_check
-
-TOOL = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools', 'gpu_check.py')
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location('ssn_tool_gpu_check', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tool_loader import load_tool
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')
 def test_main_without_cuda_exits_with_message():
-    tool = _tool()
+    tool = load_tool('gpu_check')
     with pytest.raises(SystemExit) as exit_info:
         tool.main([])
     assert exit_info.value.code == gpu_check.NO_CUDA_MESSAGE  # printed to stderr, status 1

@@ -1,7 +1,6 @@
 """mmpretrain: our names in its scope, the ImageNet configs, and the way from a
 classifier to a detector (shapes demo: classify -> convert -> Mask R-CNN)."""
 import glob
-import importlib.util
 import json
 import os.path as osp
 import runpy
@@ -24,6 +23,7 @@ import ssn_plugins
 from ssn_plugins.models import RELEASED_SSN_STEM, TORCHVISION_STEM
 from ssn_plugins.engine import launch
 from ssn_plugins.norm.switch_norm import SparseSwitchNormBase
+from tool_loader import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PRETRAIN_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'mmpretrain', '*.py')))
@@ -32,13 +32,6 @@ DET_PRETRAINED = osp.join(REPO, 'configs', 'demo', 'mask-rcnn_r18-ssn_fpn_cls-pr
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 TINY = [f'{loader}.{key}' for loader in LOADERS for key in ('num_workers=0', 'persistent_workers=False')] + [
     'train_dataloader.batch_size=4', 'default_hooks.logger.interval=1']
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'ssn_tool_{name}', osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def init_cfg_options(options):
@@ -158,20 +151,20 @@ def test_classifier_backbone_carries_over_to_the_detector(demo_dir):
     """The issue-13 path on the demo: classify, convert, load strictly into Mask R-CNN, train a step."""
     work = demo_dir / 'cls'
     # 1. the classification demo trains (our tools/train.py, mmpretrain's Runner and datasets)
-    _tool('train').main([CLS_DEMO, '--work-dir', str(work), '--cfg-options', *TINY, *_schedule(3)])
+    load_tool('train').main([CLS_DEMO, '--work-dir', str(work), '--cfg-options', *TINY, *_schedule(3)])
     ckpt = str(work / 'iter_3.pth')
     trained = _backbone_state(ckpt)
     assert int(trained['sn1.mean_choice']) == -1 and float(trained['sn1.radius']) > 0  # radius grew
     # analyze_ratios reads the mmpretrain checkpoint, alone and with its config
     for args, out in (([ckpt], 'alone'), ([CLS_DEMO, ckpt], 'with_config')):
-        _tool('analyze_ratios').main([*args, '--out', str(demo_dir / out)])
+        load_tool('analyze_ratios').main([*args, '--out', str(demo_dir / out)])
         records = json.load(open(demo_dir / out / 'ratios.json'))
         assert len(records) == 20 and all(r['name'].startswith('backbone.') for r in records)
         assert all(r['type'] == 'SSN' and abs(sum(r['mean']) - 1) < 1e-6 for r in records)
 
     # 2. convert_checkpoint turns the ImageClassifier state into a backbone file
     dst = str(demo_dir / 'r18_half_ssn.pth')
-    _tool('convert_checkpoint').main([ckpt, dst])
+    load_tool('convert_checkpoint').main([ckpt, dst])
     converted = torch.load(dst, map_location='cpu', weights_only=True)
     meta = converted['meta']
     assert meta['source_kind'] == 'ssn' and meta['depth'] == 18
@@ -196,7 +189,7 @@ def test_classifier_backbone_carries_over_to_the_detector(demo_dir):
         assert torch.equal(loaded[key], value), key
 
     # 4. one training step of the detector from that backbone (tools/train.py)
-    _tool('train').main([DET_PRETRAINED, '--work-dir', str(demo_dir / 'det'), '--cfg-options', *TINY,
+    load_tool('train').main([DET_PRETRAINED, '--work-dir', str(demo_dir / 'det'), '--cfg-options', *TINY,
                          *_schedule(1), *init])
     step = torch.load(str(demo_dir / 'det' / 'iter_1.pth'), map_location='cpu', weights_only=True)
     assert step['meta']['iter'] == 1
@@ -293,7 +286,7 @@ def test_analyze_ratios_reads_a_classifier_checkpoint(tmp_path):
     state, text = _classifier_state('SSN', 'ResNet')
     src = str(tmp_path / 'epoch_1.pth')
     torch.save({'meta': {'cfg': text}, 'state_dict': state}, src)
-    _tool('analyze_ratios').main([src, '--out', str(tmp_path / 'ratios')])
+    load_tool('analyze_ratios').main([src, '--out', str(tmp_path / 'ratios')])
     records = {r['name']: r for r in json.load(open(tmp_path / 'ratios' / 'ratios.json'))}
     assert len(records) == 20 and all(name.startswith('backbone.') for name in records)
     stem = records['backbone.sn1']

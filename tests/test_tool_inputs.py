@@ -4,32 +4,16 @@ Probed as a user meets them: ``--resume`` with an empty or binary ``last_checkpo
 dir, a damaged ``study.json`` of the small-batch study (which must be refused before any training),
 ``make_demo_data --seed -1`` (which must not leave a half-made data root).
 """
-import importlib.util
 import json
 import os
 
 import pytest
 
 import lab.study as study
+from tool_loader import load_tool, one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG_CFG = os.path.join(ROOT, 'configs', 'demo', 'fcn_r18-ssn_demo.py')
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'ssn_tool_{name}', os.path.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _one_line_error(name, *args):
-    """tools/NAME.py's main exits non-zero with one line (no traceback); returns it."""
-    with pytest.raises(SystemExit) as exit_info:
-        _tool(name).main([str(a) for a in args])
-    message = exit_info.value.code
-    assert isinstance(message, str) and '\n' not in message.strip(), message
-    return message
 
 
 # -- --resume with a broken last_checkpoint -------------------------------------------------------
@@ -43,7 +27,7 @@ def test_resume_names_a_broken_last_checkpoint(tmp_path, monkeypatch, content, p
     work = tmp_path / 'work'
     work.mkdir()
     (work / 'last_checkpoint').write_bytes(content)
-    message = _one_line_error('train', SEG_CFG, '--work-dir', work, '--resume')
+    message = one_line_error('train', SEG_CFG, '--work-dir', work, '--resume')
     last = work / 'last_checkpoint'
     assert message.startswith(f'train: --resume: {last} {problem}'), message
     assert message.endswith(f'delete {last} to start from scratch, or pass --resume PATH')
@@ -85,7 +69,7 @@ def test_a_damaged_study_json_is_named_before_any_training(tmp_path, monkeypatch
     monkeypatch.setattr(study, 'run_one', must_not_run)
     (tmp_path / 'study.json').write_bytes(content)
     monkeypatch.setattr(study, 'FULL', _SETTING)
-    message = _one_line_error('small_batch_study', '--out', tmp_path, '--norms', 'SSN', '--batches', '1',
+    message = one_line_error('small_batch_study', '--out', tmp_path, '--norms', 'SSN', '--batches', '1',
                               '--images', '8', '--num-train', '4', '--num-val', '2', '--size', '64')
     path = tmp_path / 'study.json'
     assert message.startswith(f'small_batch_study: {path} {problem}'), message
@@ -101,11 +85,11 @@ def test_study_outputs_that_cannot_be_written_are_named_before_any_training(tmp_
     monkeypatch.setattr(study, 'make_demo_dataset', must_not_run)
     monkeypatch.setattr(study, 'run_one', must_not_run)
     (tmp_path / 'file').write_text('x')
-    message = _one_line_error('small_batch_study', '--out', tmp_path / 'file', '--quick')
+    message = one_line_error('small_batch_study', '--out', tmp_path / 'file', '--quick')
     assert message == f'small_batch_study: cannot write {tmp_path / "file" / "study.json"}: ' \
                       f'{tmp_path / "file"} is a file, not a folder'
     (tmp_path / 'out' / 'study.png').mkdir(parents=True)
-    message = _one_line_error('small_batch_study', '--out', tmp_path / 'out', '--quick')
+    message = one_line_error('small_batch_study', '--out', tmp_path / 'out', '--quick')
     assert 'study.png: it is a folder' in message
 
 
@@ -115,7 +99,7 @@ def test_study_outputs_that_cannot_be_written_are_named_before_any_training(tmp_
                                          (['--num-train', '0'], '--num-train'), (['--size', '8'], '--size')])
 def test_make_demo_data_names_a_bad_argument_and_makes_nothing(tmp_path, capsys, args, named):
     with pytest.raises(SystemExit) as exit_info:
-        _tool('make_demo_data').main([str(tmp_path / 'data'), *args])
+        load_tool('make_demo_data').main([str(tmp_path / 'data'), *args])
     assert exit_info.value.code == 2  # argparse's usage error
     assert f'error: argument {named}: must be an integer >=' in capsys.readouterr().err
     assert os.listdir(tmp_path) == []

@@ -6,7 +6,6 @@ outputs that are a symbolic or a hard link to an input, a bad destination togeth
 (the destination must be named first: nothing was read or built), ``kill -9`` and SIGTERM in the
 middle of a write (real child processes), and a raw ``pickle.dump`` file given to every tool.
 """
-import importlib.util
 import os
 import pickle
 import signal
@@ -20,6 +19,7 @@ import ssn_plugins  # noqa: F401  (registers SN/SSN for the configs)
 from released_layout import released_state_dict, save_released
 from ssn_plugins import fileio
 from ssn_plugins.engine import launch
+from tool_loader import one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SEG = """
@@ -33,22 +33,6 @@ model = dict(pretrained=None, data_preprocessor=data_preprocessor,
              decode_head=dict(in_channels=64, channels=8, num_convs=1, num_classes=3, norm_cfg=ssn),
              auxiliary_head=None)
 """
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'ssn_tool_{name}', os.path.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _one_line_error(name, *args):
-    """tools/NAME.py's main exits non-zero with one line (no traceback); returns it."""
-    with pytest.raises(SystemExit) as exit_info:
-        _tool(name).main([str(a) for a in args])
-    message = exit_info.value.code
-    assert isinstance(message, str) and '\n' not in message.strip(), message
-    return message
 
 
 @pytest.fixture(scope='module')
@@ -89,7 +73,7 @@ def test_convert_never_writes_over_its_source(tmp_path, released):
     src.write_bytes(open(released, 'rb').read())
     before = src.read_bytes()
     for dst in [src, *_links(tmp_path, src)]:
-        message = _one_line_error('convert_checkpoint', src, dst)
+        message = one_line_error('convert_checkpoint', src, dst)
         assert f'cannot write {dst}: it is the input checkpoint' in message and 'another output' in message
     assert src.read_bytes() == before  # the original, with its fc, is still there
     assert 'fc.weight' in torch.load(src, weights_only=True)['state_dict']
@@ -99,10 +83,10 @@ def test_deploy_never_writes_over_an_input_through_a_link(tmp_path, latched_seg)
     config, ckpt = latched_seg
     before = open(ckpt, 'rb').read(), open(config).read()
     for out in _links(tmp_path, ckpt):
-        message = _one_line_error('deploy', config, ckpt, out)
+        message = one_line_error('deploy', config, ckpt, out)
         assert 'it is the input checkpoint (through a link' in message
     os.symlink(config, tmp_path / 'cfg_link.py')  # OUT.py would be the config
-    message = _one_line_error('deploy', config, ckpt, tmp_path / 'cfg_link.pth')
+    message = one_line_error('deploy', config, ckpt, tmp_path / 'cfg_link.pth')
     assert 'cfg_link.py: it is the input config (through a link' in message
     assert (open(ckpt, 'rb').read(), open(config).read()) == before
     assert sorted(os.listdir(tmp_path)) == ['cfg_link.py', 'hardlink.pth', 'symlink.pth']
@@ -118,7 +102,7 @@ def test_test_tool_never_writes_its_metrics_over_an_input(tmp_path, which):
     before = ckpt.read_bytes(), config.read_bytes()
     target = ckpt if which == 'checkpoint' else config
     for out in [target, *_links(tmp_path, target)]:
-        message = _one_line_error('test', config, ckpt, '--out-metrics', out)
+        message = one_line_error('test', config, ckpt, '--out-metrics', out)
         assert message.startswith(f'test: --out-metrics: cannot write {out}: it is the {which} to test')
     assert (ckpt.read_bytes(), config.read_bytes()) == before
 
@@ -127,7 +111,7 @@ def test_analyze_ratios_never_writes_over_its_checkpoint(tmp_path, released):
     ckpt = tmp_path / 'ratios.json'  # a checkpoint that happens to carry the output's name
     ckpt.write_bytes(open(released, 'rb').read())
     before = ckpt.read_bytes()
-    message = _one_line_error('analyze_ratios', ckpt, '--out', tmp_path)
+    message = one_line_error('analyze_ratios', ckpt, '--out', tmp_path)
     assert f'cannot write {ckpt}: it is the checkpoint to analyse' in message
     assert ckpt.read_bytes() == before and sorted(os.listdir(tmp_path)) == ['ratios.json']
 
@@ -145,10 +129,10 @@ def test_destinations_are_checked_before_anything_is_read_or_built(tmp_path, lat
                        ('convert_checkpoint', [empty, below_a_file]),
                        ('analyze_ratios', [empty, '--out', tmp_path / 'file']),
                        ('test', [config, empty, '--out-metrics', below_a_file])]:
-        message = _one_line_error(tool, *args)
+        message = one_line_error(tool, *args)
         assert f'{tmp_path / "file"} is a file, not a folder' in message, (tool, message)
     (tmp_path / 'folder.onnx').mkdir()
-    message = _one_line_error('deploy', config, empty, tmp_path / 'd.pth', '--onnx', tmp_path / 'folder.onnx')
+    message = one_line_error('deploy', config, empty, tmp_path / 'd.pth', '--onnx', tmp_path / 'folder.onnx')
     assert 'folder.onnx: it is a folder' in message
     assert sorted(os.listdir(tmp_path)) == ['empty.pth', 'file', 'folder.onnx']
 
@@ -165,7 +149,7 @@ def test_a_raw_pickle_file_is_called_unsafe_not_corrupted_by_every_tool(tmp_path
     for tool, args in [('convert_checkpoint', [raw, tmp_path / 'c.pth']),
                        ('deploy', [latched_seg[0], raw, tmp_path / 'd.pth']),
                        ('analyze_ratios', [raw, '--out', tmp_path / 'r'])]:
-        message = _one_line_error(tool, *args)
+        message = one_line_error(tool, *args)
         assert f'{raw} {expected}' in message and 'corrupted' not in message, (tool, message)
     # the Runner's loaders (tools/test.py, --resume, load_from) say the same
     with pytest.raises(pickle.UnpicklingError) as err:

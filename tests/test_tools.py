@@ -1,6 +1,5 @@
 """tools/train.py and tools/test.py end to end on tiny demo data (mmdet and mmseg),
 and the weights_only-safe Runner checkpoints behind them."""
-import importlib.util
 import json
 import math
 import os
@@ -18,6 +17,7 @@ from mmengine.runner import CheckpointLoader
 
 from ssn_plugins.engine import launch
 from ssn_plugins.engine.checkpoint_io import decode_checkpoint, encode_checkpoint
+from tool_loader import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_CFG = osp.join(REPO, 'configs', 'demo', 'mask-rcnn_r18-ssn_fpn_demo.py')
@@ -28,20 +28,13 @@ TINY = ['train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
         'test_dataloader.persistent_workers=False', 'default_hooks.logger.interval=1']
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'ssn_tool_{name}', osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _schedule(iters, val_interval=100):
     return [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={val_interval}',
             f'default_hooks.checkpoint.interval={iters}']
 
 
 def test_mmdet_train_resume_test(demo_dir):
-    train, test = _tool('train'), _tool('test')
+    train, test = load_tool('train'), load_tool('test')
     work = str(demo_dir / 'work')
     train.main([DET_CFG, '--work-dir', work, '--cfg-options', *TINY, *_schedule(2)])
     ckpt = osp.join(work, 'iter_2.pth')
@@ -66,7 +59,7 @@ def test_mmdet_train_resume_test(demo_dir):
 
 
 def test_mmseg_train_and_test(demo_dir):
-    train, test = _tool('train'), _tool('test')
+    train, test = load_tool('train'), load_tool('test')
     work = str(demo_dir / 'work')
     seg_tiny = TINY + ['val_dataloader.batch_size=1']
     train.main([SEG_CFG, '--work-dir', work, '--cfg-options', *seg_tiny, *_schedule(2, 2)])
@@ -143,7 +136,7 @@ def test_malicious_pickle_still_refused(demo_dir, monkeypatch, force_unsafe):
     with pytest.raises(pickle.UnpicklingError):
         CheckpointLoader.load_checkpoint(path, map_location='cpu')
     with pytest.raises(pickle.UnpicklingError, match='not written by these tools'):
-        _tool('test').main([DET_CFG, path, '--work-dir', str(tmp_path / 'w')])
+        load_tool('test').main([DET_CFG, path, '--work-dir', str(tmp_path / 'w')])
     assert not os.path.exists(marker)
 
 
