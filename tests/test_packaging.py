@@ -178,3 +178,52 @@ def test_the_wheel_holds_the_library_and_not_the_lab(tmp_path):
         assert not [n for n in names if lab in n], lab
     assert not [n for n in names if n.startswith(('lab/', 'tests/'))]
     assert 'ssn_plugins/models/resnet_stem.py' in files and 'ssn_plugins/deploy/onnx.py' in files
+
+
+def _package_imports():
+    """``{unit: {units it imports at module level}}`` over ssn_plugins' top-level modules and
+    subpackages, and every module that imports ``lab`` anywhere (functions included)."""
+    import ast
+    edges, lab_users = {}, []
+    for path in glob.glob(osp.join(REPO, 'ssn_plugins', '**', '*.py'), recursive=True):
+        rel = osp.relpath(path, REPO)[:-3].split(os.sep)
+        package = rel[:-1]  # what a relative import starts from, for a module and an __init__
+        tree = ast.parse(open(path).read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                names = [base + node.module.split('.')] if node.module else \
+                    [base + [a.name] for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name.split('.') for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name[0] == 'lab':
+                    lab_users.append(path)
+                top_level = node in tree.body or any(node in ast.walk(n) for n in tree.body
+                                                     if isinstance(n, (ast.If, ast.Try)))
+                if name[0] == 'ssn_plugins' and len(rel) > 1 and top_level and len(name) > 1 \
+                        and name[1] != rel[1]:
+                    edges.setdefault(rel[1], set()).add(name[1])
+    return edges, lab_users
+
+
+def test_the_package_imports_one_way_and_never_the_lab():
+    edges, lab_users = _package_imports()
+    assert not lab_users
+    done, path = set(), []
+
+    def visit(unit):  # depth-first: a unit met again on the current path closes a circle
+        assert unit not in path, f"import circle: {' -> '.join(path[path.index(unit):] + [unit])}"
+        if unit in done:
+            return
+        path.append(unit)
+        for other in sorted(edges.get(unit, ())):
+            visit(other)
+        path.pop()
+        done.add(unit)
+
+    for unit in sorted(edges):
+        visit(unit)
+    assert 'ssn_plugins' not in edges.get('models', ()) and 'checkpoint' not in edges.get('models', ())
