@@ -12,6 +12,7 @@ from mmengine.registry import MODELS, init_default_scope
 from torch import nn
 
 from .extras import TOOLKIT_MODULES, require
+from .registry import check_norm_cfgs
 
 __all__ = ['read_config', 'require_model', 'build_model', 'unwrap_model']
 
@@ -84,6 +85,7 @@ def build_model(config: Union[str, Config], scope: Optional[str] = None,
     if scope in TOOLKIT_MODULES:
         require(*TOOLKIT_MODULES[scope], purpose=f'a {scope} model')
     init_default_scope(scope)
+    check_norm_cfgs(model_cfg, scope, source=config if isinstance(config, str) else 'the config')
     return MODELS.build(model_cfg)
 
 

@@ -53,7 +53,10 @@ def test_nan_logit_on_a_latched_row_leaves_output_and_gradients_untouched(half):
 def test_one_value_per_channel_in_training_raises_like_batchnorm(cls):
     layer = cls(4)
     before = layer.running_var.clone()
-    with pytest.raises(ValueError, match='Expected more than 1 value per channel when training'):
+    # SN raises BatchNorm's ValueError; a free SSN layer asks the device whether its BN
+    # branch takes part (no host read), so torch._assert_async raises a RuntimeError
+    error = ValueError if cls is SwitchNorm2d else RuntimeError
+    with pytest.raises(error, match='Expected more than 1 value per channel when training'):
         layer.train()(torch.randn(1, 4, 1, 1))
     assert torch.equal(layer.running_var, before)
     with pytest.raises(ValueError, match='Expected more than 1 value per channel'):
@@ -83,7 +86,7 @@ def test_empty_input_gives_empty_output_and_leaves_statistics_alone(shape):
                                            ('0.5', TypeError), (None, TypeError), (True, TypeError)])
 def test_set_radius_refuses_bad_values_naming_the_valid_range(radius, error):
     layer = _ssn()
-    with pytest.raises(error, match=r'finite number in \[0, inf\)'):
+    with pytest.raises(error, match=r"finite number in \[0, 3\.403e\+38\]"):
         layer.set_radius(radius)
     assert float(layer.radius) == pytest.approx(0.3)
     layer.train()(torch.randn(2, 4, 3, 3))  # still works
