@@ -24,11 +24,13 @@ from mmengine.registry import WEIGHT_INITIALIZERS as ROOT_WEIGHT_INITIALIZERS
 from mmengine.registry import Registry
 from torch import nn
 
+from .norm.kinds import LAYERS
+
 __all__ = ['HOOKS', 'LOOPS', 'MODELS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'PARAM_SCHEDULERS',
            'WEIGHT_INITIALIZERS', 'SWITCH_NORM_NAMES', 'norm_layer_names', 'check_norm_cfgs']
 
 #: The names ssn_plugins registers for its layers in mmengine's root MODELS (ssn_plugins.norm).
-SWITCH_NORM_NAMES = ('SN', 'SSN', 'SyncSN', 'SyncSSN', 'SN1d', 'SSN1d', 'SN3d', 'SSN3d')
+SWITCH_NORM_NAMES = tuple(LAYERS)
 
 _NORM_BASES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 

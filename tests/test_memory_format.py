@@ -42,7 +42,7 @@ def make_layer(state: str, channels: int = 6, cls=None, dtype=torch.float32) -> 
             layer.var_weight.copy_(torch.tensor([3.0, 0.0, 0.0]))
             layer.set_radius(1.0)
             layer.train()(torch.randn(2, channels, *(3, ) * (layer._input_ranks[0] - 2), dtype=dtype))
-        assert layer._host_latched() is None and layer.latched
+        assert layer.selection.state != 'latched' and layer.latched
     elif choices:
         layer.latch(*choices)
     return layer

@@ -315,7 +315,22 @@ def test_bad_input_gives_clear_errors():
 def test_extra_repr_and_init():
     layer = SparseSwitchNorm2d(8, eps=1e-3)
     assert repr(layer) == ("SparseSwitchNorm2d(8, eps=0.001, momentum=0.1, affine=True, "
-                           "normalizers=('in', 'ln', 'bn'), mode='paper')")
+                           "normalizers=('in', 'ln', 'bn'), mode='paper', radius=0)")
+    layer.set_radius(0.25)
+    layer.latch('bn', 'in')
+    assert repr(layer).endswith("mode='paper', radius=0.25, choice=(bn, in))")
+    assert layer.selection == (2, 0) and layer.selection.state == 'latched'
+    # latched on the device in a forward: print(model) shows it once the host has looked
+    free = SparseSwitchNorm2d(4)
+    free.set_radius(1.0)
+    free.train()(torch.randn(2, 4, 3, 3))
+    assert 'choice=' not in repr(free) and free.selection.state == 'free'
+    update_choices(free)
+    assert free.selection.state == 'latched' and repr(free).endswith('radius=1, choice=(in, in))')
+    free.mean_choice.fill_(1)
+    free.var_choice.fill_(-1)
+    update_choices(free)
+    assert free.selection.state == 'mean latched' and repr(free).endswith('choice=(ln, free))')
     assert torch.equal(layer.weight, torch.ones(8)) and torch.equal(layer.bias, torch.zeros(8))
     assert torch.equal(layer.running_var, torch.ones(8))
     assert set(dict(layer.named_buffers())) == {'running_mean', 'running_var', 'radius', 'mean_choice',

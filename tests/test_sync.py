@@ -143,7 +143,7 @@ def test_batch_pool_is_global_only_with_several_processes(monkeypatch):
     layer = SyncSparseSwitchNorm(4)
     layer.process_group = group
     assert layer._batch_pool() is None  # one process: the plain layer's fused path
-    monkeypatch.setattr(sync_module._SyncMixin, '_world_size', lambda self: 2)
+    monkeypatch.setattr(sync_module.SyncMixin, '_world_size', lambda self: 2)
     pool = layer._batch_pool()
     assert pool.func is sync_module.global_batch_moments and pool.keywords == dict(group=group)
 

@@ -20,14 +20,13 @@ from mmengine.config import Config, ConfigDict
 
 from ..builder import read_config
 from ..mim import config_path
+from ..norm import LAYERS
 from .modules import NORM_TYPES
 
 __all__ = ['convert_config', 'asks_switch_norm', 'upstream_config_path', 'SWITCH_NORM_TYPES']
 
 # what a norm_cfg of ours may name (registry names and classes' names)
-SWITCH_NORM_TYPES = ('SN', 'SN1d', 'SN3d', 'SSN', 'SSN1d', 'SSN3d', 'SyncSN', 'SyncSSN',
-                     'SwitchNorm1d', 'SwitchNorm2d', 'SwitchNorm3d', 'SparseSwitchNorm1d',
-                     'SparseSwitchNorm2d', 'SparseSwitchNorm3d', 'SyncSwitchNorm', 'SyncSparseSwitchNorm')
+SWITCH_NORM_TYPES = tuple(LAYERS) + tuple(cls.__name__ for cls in LAYERS.values())
 # norm_cfg keys our layers take; anything else (GN's num_groups, ...) is dropped, not merged
 _KEPT_KEYS = ('eps', 'momentum')
 _LOGIT_KEYS = ('mean_weight', 'var_weight')

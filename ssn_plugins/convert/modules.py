@@ -15,22 +15,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d, SwitchNorm1d,
-                    SwitchNorm2d, SwitchNorm3d, SwitchNormBase, SyncSparseSwitchNorm,
-                    SyncSwitchNorm)
+from ..norm import BATCH_NORMS, NORM_TYPES, SwitchNormBase, layer_class
 
 __all__ = ['NORM_TYPES', 'convert_norms', 'plain_norms', 'LeftoverNormWarning']
 
-# target layer by (norm type, source rank); rank None: a source of any rank (SyncBatchNorm,
-# GroupNorm, mmengine's _BatchNormXd) becomes the 2d class, as revert_sync_switchnorm does
-_TARGETS = {
-    'SN': {1: SwitchNorm1d, 2: SwitchNorm2d, 3: SwitchNorm3d, None: SwitchNorm2d},
-    'SSN': {1: SparseSwitchNorm1d, 2: SparseSwitchNorm2d, 3: SparseSwitchNorm3d, None: SparseSwitchNorm2d},
-    'SyncSN': {r: SyncSwitchNorm for r in (1, 2, 3, None)},
-    'SyncSSN': {r: SyncSparseSwitchNorm for r in (1, 2, 3, None)},
-}
-NORM_TYPES = tuple(_TARGETS)
-_RANKS = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
 
 
 class LeftoverNormWarning(UserWarning):
@@ -86,7 +74,8 @@ def _source_state(module: nn.Module) -> tuple[int, Optional[int], dict]:
     """(num_features, rank, layer options) of a convertible source layer."""
     if isinstance(module, nn.GroupNorm):
         return module.num_channels, None, dict(eps=module.eps, affine=module.affine)
-    rank = next((r for cls, r in _RANKS.items() if type(module) is cls), None)
+    # a source of any rank (SyncBatchNorm, mmengine's _BatchNormXd) has rank None: the 2d class
+    rank = next((r for r, cls in BATCH_NORMS.items() if type(module) is cls), None)
     return module.num_features, rank, dict(eps=module.eps, momentum=module.momentum,
                                            affine=module.affine)
 
@@ -100,7 +89,7 @@ def _convert_layer(module: nn.Module, norm: str, options: dict) -> SwitchNormBas
     num_features, rank, source_options = _source_state(module)
     like = _reference_tensor(module)
     factory = {} if like is None else dict(device=like.device, dtype=like.dtype)
-    layer = _TARGETS[norm][rank](num_features, **{**source_options, **options}, **factory)
+    layer = layer_class(norm, rank)(num_features, **{**source_options, **options}, **factory)
     if layer.affine and module.affine:
         layer.weight.copy_(module.weight)
         layer.bias.copy_(module.bias)
@@ -152,7 +141,7 @@ def convert_norms(module: nn.Module, norm: str = 'SSN', strict: bool = False,
         >>> model = torchvision.models.resnet18(weights='DEFAULT')
         >>> model = ssn_plugins.convert_norms(model, 'SSN')  # then train; SSNRadiusHook or set_radius
     """
-    if norm not in _TARGETS:
+    if norm not in NORM_TYPES:
         raise ValueError(f'convert_norms: norm must be one of {NORM_TYPES}, got {norm!r}')
     if not isinstance(module, nn.Module):
         raise TypeError(f'convert_norms: expected an nn.Module, got {type(module).__name__}')

@@ -20,15 +20,11 @@ from mmengine.logging import print_log
 from mmengine.model.utils import _BatchNormXd
 from torch import nn
 
-from ..norm.switch_norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
-                                SparseSwitchNormBase, SwitchNormBase)
+from ..norm.kinds import BATCH_NORMS, layer_class, spatial_rank
+from ..norm.switch_norm import SparseSwitchNormBase, SwitchNormBase
 from .fold import fold_conv_bn
 
 __all__ = ['InstanceNorm', 'collapse_norms', 'collapse_plan', 'plain_norm']
-
-_BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_SSN = {1: SparseSwitchNorm1d, 2: SparseSwitchNorm2d, 3: SparseSwitchNorm3d}
-_RANKS = {(2, 3): 1, (4,): 2, (5,): 3}
 
 
 class InstanceNorm(nn.GroupNorm):
@@ -48,11 +44,6 @@ class InstanceNorm(nn.GroupNorm):
         if self.bias is not None:
             y = y + self.bias.view((1, -1) + (1, ) * (x.dim() - 2))
         return y
-
-
-def _rank(layer: SwitchNormBase) -> Optional[int]:
-    """1, 2 or 3 like ``BatchNorm{1,2,3}d``; None for layers of any rank (synced ones)."""
-    return _RANKS.get(tuple(layer._input_ranks))
 
 
 def _choices(layer: SwitchNormBase) -> Optional[tuple[int, int]]:
@@ -93,9 +84,9 @@ def plain_norm(layer: SwitchNormBase,
     if choices is None:
         return None
     mean_name, var_name = (layer.normalizers[i] for i in choices)
-    c, rank = layer.num_features, _rank(layer)
+    c, rank = layer.num_features, spatial_rank(layer)
     if mean_name == var_name == 'bn':
-        bn = _BN.get(rank, _BatchNormXd)(c, eps=layer.eps, momentum=layer.momentum, affine=layer.affine)
+        bn = BATCH_NORMS.get(rank, _BatchNormXd)(c, eps=layer.eps, momentum=layer.momentum, affine=layer.affine)
         bn.running_mean.copy_(layer.running_mean)
         bn.running_var.copy_(layer.running_var)
         return _copy_affine(layer, bn)
@@ -109,8 +100,8 @@ def plain_norm(layer: SwitchNormBase,
             layer.latch(*choices)
         return layer
     # An SN layer with one-hot mixed ratios: the compact equivalent is a latched SSN layer.
-    compact = _SSN[rank](c, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
-                         normalizers=layer.normalizers)
+    compact = layer_class('SSN', rank)(c, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
+                                       normalizers=layer.normalizers)
     compact.load_state_dict(layer.state_dict(), strict=False)
     compact.latch(*choices)
     return compact.to(device=layer.mean_weight.device).train(layer.training)

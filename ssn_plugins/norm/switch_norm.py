@@ -9,14 +9,15 @@ in ``torch.nn.BatchNorm*d``.
 Nothing in a forward or backward reads a tensor on the host.  An SSN layer
 records latching on the device (its ``mean_choice``/``var_choice``
 buffers); the host learns the choices from :func:`update_choices`, one
-batched read for a whole model, and only then takes the shortcuts of a
-latched layer (PyTorch's BN/IN/LN kernels, no SparsestMax).
+batched read for a whole model, into the layer's :class:`Selection`, and only
+then takes the shortcuts of a latched layer (PyTorch's BN/IN/LN kernels, no
+SparsestMax).  SN has no latching: its forward mixes every normalizer.
 """
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -30,15 +31,42 @@ from .ratios import bn_in_use, latched_choices, one_hot_ratios, switch_ratios
 __all__ = [
     'SwitchNormBase', 'SparseSwitchNormBase', 'SwitchNorm1d', 'SwitchNorm2d', 'SwitchNorm3d',
     'SparseSwitchNorm1d', 'SparseSwitchNorm2d', 'SparseSwitchNorm3d', 'is_switch_norm',
-    'update_choices', 'radius_problem'
+    'update_choices', 'radius_problem', 'Selection'
 ]
+
+
+class Selection(NamedTuple):
+    """What the host knows of an SSN layer's choice: an index into its normalizers, -1 while free.
+
+    One of four states (:attr:`state`): ``'free'``, ``'mean latched'``,
+    ``'variance latched'`` or ``'latched'`` (both).  The device may know more
+    (the ``mean_choice``/``var_choice`` buffers) until :func:`update_choices`.
+    """
+
+    mean: int = -1
+    var: int = -1
+
+    @property
+    def state(self) -> str:
+        if self.mean >= 0 and self.var >= 0:
+            return 'latched'
+        if self.mean >= 0:
+            return 'mean latched'
+        return 'variance latched' if self.var >= 0 else 'free'
+
+    def names(self, normalizers: Sequence[str]) -> Optional[tuple[str, str]]:
+        """(mean, var) normalizer names when both are latched, else None."""
+        if self.state != 'latched':
+            return None
+        return normalizers[self.mean], normalizers[self.var]
 
 
 class SwitchNormBase(nn.Module):
     """Switchable Normalization of any input rank (use the 1d/2d/3d classes).
 
     Ratios are ``softmax(mean_weight)`` and ``softmax(var_weight)``.  Subclasses
-    set ``_input_ranks``; synced layers override :meth:`_batch_pool`.
+    set ``_input_ranks``; SSN overrides :meth:`_normalize` (its selection) and
+    synced layers :meth:`_batch_pool`.
     """
 
     _abbr_ = 'sn'  # mmcv names the layers sn1, sn2, ... like the released checkpoints
@@ -122,101 +150,78 @@ class SwitchNormBase(nn.Module):
     def _logits(self) -> Tensor:
         return torch.stack([self.mean_weight, self.var_weight])  # (2, K)
 
-    def _ratios(self, choices: Optional[Tensor] = None) -> Tensor:
-        """(2, K) ratios of the next forward (rows: mean, var), on the device."""
+    def _ratios(self) -> Tensor:
+        """(2, K) ratios of the next forward (rows: mean, var), on the device: softmax of the logits."""
         return switch_ratios(self._logits(), name=type(self).__name__)
 
     def ratios(self) -> tuple[Tensor, Tensor]:
         """The (mean, var) importance ratios the next forward uses, each (K,), order IN, LN, BN."""
         with torch.no_grad():
-            ratios = self._ratios(self._device_choices())
+            ratios = self._ratios()
         return ratios[0].clone(), ratios[1].clone()
-
-    def _device_choices(self) -> Optional[Tensor]:
-        return None
-
-    def _host_latched(self) -> Optional[tuple[str, str]]:
-        """(mean, var) normalizer names when the host knows both choices are latched, else None."""
-        return None
 
     def _batch_pool(self) -> Optional[BatchPool]:
         """The BN branch's batch pooling: None for this process's batch (synced layers override)."""
         return None
 
-    def _bn_can_contribute(self) -> bool:
-        """False where the host knows the BN branch takes no part (latched on IN/LN for both)."""
-        latched = self._host_latched()
-        return 'bn' in self.normalizers and (latched is None or 'bn' in latched)
+    def _count_batch(self, bn_in_use: Optional[Tensor]) -> Union[float, Tensor]:
+        """Count this training batch in ``num_batches_tracked``; return its running-average factor.
 
-    def _bn_in_use(self, choices: Optional[Tensor]) -> Optional[Tensor]:
-        """1.0/0.0 (0-d, on the device) where only this step's latched ``choices`` tell whether the
-        BN branch takes part; None where the host knows it does."""
-        return None
-
-    def _advance_running_average(self, in_use: Optional[Tensor]) -> Union[float, Tensor]:
-        """Count this training step; return its running-average factor: momentum, or ``1 / t`` (momentum=None).
-
-        ``in_use`` (see :meth:`_bn_in_use`) scales the factor and the count on
-        the device, so a layer latched there on IN/LN leaves its statistics alone.
+        The factor is ``momentum``, or ``1 / t`` for a cumulative average
+        (``momentum=None``).  ``bn_in_use`` (0-d, 1 or 0 on the device, None
+        where the host knows the BN branch takes part) scales the count and
+        the factor, so a layer latched on the device on IN/LN leaves its
+        statistics alone.
         """
         if self.num_batches_tracked is None:
             momentum = self.momentum if self.momentum is not None else 0.0
-            return momentum if in_use is None else in_use * momentum
-        self.num_batches_tracked.add_(1 if in_use is None else in_use.long())
-        if in_use is None:
+            return momentum if bn_in_use is None else bn_in_use * momentum
+        self.num_batches_tracked.add_(1 if bn_in_use is None else bn_in_use.long())
+        if bn_in_use is None:
             return self.num_batches_tracked.reciprocal()
-        return in_use / self.num_batches_tracked.clamp_min(1)
+        return bn_in_use / self.num_batches_tracked.clamp_min(1)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         batch_pool = self._batch_pool()
         if x.numel() == 0 and batch_pool is None:  # synced layers still join the collectives
             return self._empty_forward(x)
-        can_use_bn = self._bn_can_contribute()
-        single = self.training and batch_pool is None and x.numel() == x.shape[1]
-        anchored = self.training and torch.is_grad_enabled()
-        latched = self._host_latched()
-        if latched is not None and latched[0] == latched[1] and (
-                latched[0] != 'bn' or (batch_pool is None and self.momentum is not None)):
-            # Latched (BN, BN), (IN, IN) or (LN, LN): PyTorch's own kernel.
-            xin = keep_in_graph(x, self.mean_weight, self.var_weight) if anchored else x
-            y = latched_norm(xin, latched[0], self.running_mean, self.running_var, self.weight,
-                             self.bias, self.training, self.momentum, self.eps)
-            if y is not None:
-                return y
-        choices = None  # this step's latched choices, where only the device knows them
-        if latched is not None:  # latched on two normalizers: one-hot ratios, no SparsestMax
-            ratios = self._one_hot_ratios()
-            if anchored:
-                x = keep_in_graph(x, self.mean_weight, self.var_weight)
-        else:
-            ratios = self._ratios(self._device_choices())
-            if self.training:
-                choices = self._record_latching(ratios)
-        running_mean, running_var, momentum = self.running_mean, self.running_var, self.momentum
+        return self._normalize(x, batch_pool)
+
+    def _normalize(self, x: Tensor, batch_pool: Optional[BatchPool]) -> Tensor:
+        """SN: every normalizer at its softmax ratio."""
+        return self._mix(x, self._ratios(), batch_pool)
+
+    def _mix(self,
+             x: Tensor,
+             ratios: Tensor,
+             batch_pool: Optional[BatchPool],
+             bn_in_use: Optional[Tensor] = None,
+             bn_takes_part: bool = True) -> Tensor:
+        """:func:`switch_norm` of ``x`` at ``ratios`` with this layer's state.
+
+        In training the batch is counted and the running statistics are
+        updated where the BN branch can take part: always unless
+        ``bn_takes_part`` is False (the host knows the layer latched on
+        IN/LN), scaled on the device by ``bn_in_use`` (see :meth:`_count_batch`).
+        """
+        running_mean, running_var, factor = self.running_mean, self.running_var, self.momentum
         if self.training and 'bn' in self.normalizers:
-            if can_use_bn:
-                in_use = self._bn_in_use(choices)
-                if single:  # as BatchNorm, unless the device knows the BN branch takes no part
+            if not bn_takes_part:  # the running statistics are never read, so never written
+                running_mean = running_var = None
+            else:
+                if batch_pool is None and x.numel() == x.shape[1]:
+                    # one value per channel: as BatchNorm, unless the device knows BN takes no part
                     message = (f'{type(self).__name__}: Expected more than 1 value per channel when '
                                f'training (the BN branch), got input size {tuple(x.shape)}')
-                    if in_use is None:
+                    if bn_in_use is None:
                         raise ValueError(message)
-                    torch._assert_async(in_use.logical_not(), message)
-                momentum = self._advance_running_average(in_use)
-            else:  # latched on IN/LN: the running statistics are never read, so never written
-                running_mean = running_var = None
+                    torch._assert_async(bn_in_use.logical_not(), message)
+                factor = self._count_batch(bn_in_use)
         fused = batch_pool is None and custom_functions_traceable()
         return switch_norm(x, ratios, self.normalizers, running_mean, running_var,
-                           self.weight, self.bias, self.training, momentum, self.eps,
+                           self.weight, self.bias, self.training, factor, self.eps,
                            path='fused' if fused else 'composite', batch_pool=batch_pool)
-
-    def _one_hot_ratios(self) -> Tensor:
-        return one_hot_ratios(self._device_choices(), len(self.normalizers))
-
-    def _record_latching(self, ratios: Tensor) -> Optional[Tensor]:
-        """Latch the one-hot rows of ``ratios`` on the device (SSN); the (2,) choices, or None."""
-        return None
 
     def _empty_forward(self, x: Tensor) -> Tensor:
         """As BatchNorm on an empty batch: an empty output, statistics untouched, parameters in the graph."""
@@ -274,7 +279,16 @@ class SparseSwitchNormBase(SwitchNormBase):
         self.register_buffer('radius', torch.zeros((), device=device))
         self.register_buffer('mean_choice', torch.full((), -1, dtype=torch.long, device=device))
         self.register_buffer('var_choice', torch.full((), -1, dtype=torch.long, device=device))
-        self._choices_seen = (-1, -1)  # what the host knows of the buffers
+        self._selection = Selection()  # what the host knows of the two buffers
+
+    @property
+    def selection(self) -> Selection:
+        """What the host knows of the choices (see :func:`update_choices`); no device read."""
+        return self._selection
+
+    def _set_selection(self, mean: int, var: int) -> None:
+        """Record what the host now knows of ``mean_choice``/``var_choice`` (indices, -1 free)."""
+        self._selection = Selection(int(mean), int(var))
 
     def set_radius(self, radius: float) -> None:
         """Set the SparsestMax radius: a finite number >= 0 (>= sqrt((K-1)/K) makes every row one-hot)."""
@@ -302,13 +316,13 @@ class SparseSwitchNormBase(SwitchNormBase):
         mean_index, var_index = self._index(mean, 'mean'), self._index(var, 'var')
         self.mean_choice.fill_(mean_index)
         self.var_choice.fill_(var_index)
-        self._choices_seen = (mean_index, var_index)
+        self._set_selection(mean_index, var_index)
 
     def unlatch(self) -> None:
         """Forget the latched choices so the layer learns its selection again."""
         self.mean_choice.fill_(-1)
         self.var_choice.fill_(-1)
-        self._choices_seen = (-1, -1)
+        self._set_selection(-1, -1)
 
     @property
     def latched(self) -> bool:
@@ -318,22 +332,44 @@ class SparseSwitchNormBase(SwitchNormBase):
     def _device_choices(self) -> Tensor:
         return torch.stack([self.mean_choice, self.var_choice])  # (2,)
 
-    def _ratios(self, choices: Optional[Tensor] = None) -> Tensor:
-        return switch_ratios(self._logits(), self.radius, choices, self.mode, type(self).__name__)
+    def _ratios(self) -> Tensor:
+        """(2, K) SparsestMax ratios at the radius; rows latched on the device are one-hot."""
+        return switch_ratios(self._logits(), self.radius, self._device_choices(), self.mode,
+                             type(self).__name__)
 
-    def _host_latched(self) -> Optional[tuple[str, str]]:
-        mean_index, var_index = self._choices_seen
-        if mean_index < 0 or var_index < 0:
-            return None
-        return self.normalizers[mean_index], self.normalizers[var_index]
+    def _normalize(self, x: Tensor, batch_pool: Optional[BatchPool]) -> Tensor:
+        """SSN: the kernel the host-known :attr:`selection` allows.
 
-    def _bn_in_use(self, choices: Optional[Tensor]) -> Optional[Tensor]:
-        if choices is None or 'bn' not in self.normalizers:
-            return None
-        k = len(self.normalizers)
-        return bn_in_use(choices, k, k - 1)  # BN is last in the canonical order (no tuple.index: torch 2.1's dynamo)
+        Latched on one normalizer for both rows: PyTorch's own kernel
+        (:func:`latched_norm`).  Latched on two: one-hot ratios, no
+        SparsestMax.  Otherwise SparsestMax, latching on the device the rows
+        that come out one-hot in training.
+        """
+        anchored = self.training and torch.is_grad_enabled()  # logits keep a (zero) gradient
+        mean, var = self._selection  # plain ints: no method calls for torch.compile to trace
+        if mean >= 0 and var >= 0:
+            latched = self.normalizers[mean], self.normalizers[var]
+            if latched[0] == latched[1] and (
+                    latched[0] != 'bn' or (batch_pool is None and self.momentum is not None)):
+                xin = keep_in_graph(x, self.mean_weight, self.var_weight) if anchored else x
+                y = latched_norm(xin, latched[0], self.running_mean, self.running_var, self.weight,
+                                 self.bias, self.training, self.momentum, self.eps)
+                if y is not None:  # None: IN on 1x1 maps, exact with one-hot ratios below
+                    return y
+            if anchored:
+                x = keep_in_graph(x, self.mean_weight, self.var_weight)
+            ratios = one_hot_ratios(self._device_choices(), len(self.normalizers))
+            return self._mix(x, ratios, batch_pool, bn_takes_part='bn' in latched)
+        ratios = self._ratios()
+        in_use = None
+        if self.training:
+            choices = self._latch_on_device(ratios)
+            if 'bn' in self.normalizers:  # BN is last in the canonical order
+                k = len(self.normalizers)
+                in_use = bn_in_use(choices, k, k - 1)
+        return self._mix(x, ratios, batch_pool, in_use)
 
-    def _record_latching(self, ratios: Tensor) -> Tensor:
+    def _latch_on_device(self, ratios: Tensor) -> Tensor:
         """Latch the rows of ``ratios`` that came out one-hot, on the device; return the (2,) choices."""
         choices = latched_choices(ratios)
         torch._foreach_copy_([self.mean_choice, self.var_choice], list(choices.unbind()))
@@ -348,7 +384,7 @@ class SparseSwitchNormBase(SwitchNormBase):
             if problem:
                 error_msgs.append(f'{prefix}radius: {problem}')
                 return
-        seen = list(self._choices_seen)
+        seen = list(self._selection)
         for slot, which in enumerate(('mean_choice', 'var_choice')):
             value = state_dict.get(prefix + which)
             if value is None:
@@ -365,10 +401,16 @@ class SparseSwitchNormBase(SwitchNormBase):
             seen[slot] = index
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        self._choices_seen = tuple(seen)
+        self._set_selection(*seen)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", mode='{self.mode}'"
+        text = super().extra_repr() + f", mode='{self.mode}'"
+        if not self.radius.is_meta:
+            text += f', radius={float(self.radius):.4g}'
+        if self._selection.state != 'free':  # what the host knows: no device read
+            text += ', choice=({}, {})'.format(*(self.normalizers[i] if i >= 0 else 'free'
+                                                  for i in self._selection))
+        return text
 
 
 def radius_problem(radius) -> str:
@@ -405,8 +447,8 @@ def update_choices(model: nn.Module) -> int:
     for group in by_device.values():
         values = torch.stack([b for m in group for b in (m.mean_choice, m.var_choice)]).tolist()
         for i, layer in enumerate(group):
-            layer._choices_seen = (values[2 * i], values[2 * i + 1])
-            latched += min(layer._choices_seen) >= 0
+            layer._set_selection(values[2 * i], values[2 * i + 1])
+            latched += layer.selection.state == 'latched'
     return latched
 
 

@@ -8,9 +8,9 @@ branch of SN/SSN.  Only the BN branch's batch moments are synchronized
 eval needs no collectives.  Without an initialised process group (or with
 one process) the layers are exactly SN/SSN.
 
-:func:`convert_sync_switchnorm` and :func:`revert_sync_switchnorm` swap the
-layers of a built model in place of ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``
-(which does not know them), sharing parameters and buffers.
+:func:`~ssn_plugins.norm.kinds.convert_sync_switchnorm` swaps the layers of a
+built model for these, as ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``
+does for BatchNorm (which does not know them).
 """
 from __future__ import annotations
 
@@ -21,16 +21,12 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 from mmengine.logging import print_log
-from torch import Tensor, nn
+from torch import Tensor
 
 from .moments import NORMALIZERS, BatchPool
-from .switch_norm import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d,
-                          SparseSwitchNormBase, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d,
-                          SwitchNormBase)
+from .switch_norm import SparseSwitchNorm2d, SwitchNorm2d
 
-__all__ = [
-    'SyncSwitchNorm', 'SyncSparseSwitchNorm', 'convert_sync_switchnorm', 'revert_sync_switchnorm'
-]
+__all__ = ['SyncSwitchNorm', 'SyncSparseSwitchNorm', 'SyncMixin']
 
 _logged_local = False
 
@@ -108,7 +104,7 @@ def global_batch_moments(mean: Tensor, var: Tensor, length: int,
     return global_mean.unsqueeze(0), global_var.unsqueeze(0), total
 
 
-class _SyncMixin:
+class SyncMixin:
     """Replaces the BN branch's batch pooling by one over the process group."""
 
     _input_ranks = (2, 3, 4, 5)  # any rank, like torch.nn.SyncBatchNorm
@@ -136,7 +132,7 @@ class _SyncMixin:
         return super().extra_repr() + group
 
 
-class SyncSwitchNorm(_SyncMixin, SwitchNorm2d):
+class SyncSwitchNorm(SyncMixin, SwitchNorm2d):
     """Switchable Normalization whose BN branch uses the batch of all processes.
 
     Registered as ``SyncSN``.  Same state and state-dict keys as
@@ -165,7 +161,7 @@ class SyncSwitchNorm(_SyncMixin, SwitchNorm2d):
         self._init_group(process_group)
 
 
-class SyncSparseSwitchNorm(_SyncMixin, SparseSwitchNorm2d):
+class SyncSparseSwitchNorm(SyncMixin, SparseSwitchNorm2d):
     """Sparse Switchable Normalization whose BN branch uses the batch of all processes.
 
     Registered as ``SyncSSN``.  Same state and state-dict keys as
@@ -191,70 +187,3 @@ class SyncSparseSwitchNorm(_SyncMixin, SparseSwitchNorm2d):
                  dtype=None) -> None:
         super().__init__(num_features, eps, momentum, affine, normalizers, mode, device, dtype)
         self._init_group(process_group)
-
-
-_PLAIN_CLASSES = {
-    SwitchNorm1d: SyncSwitchNorm, SwitchNorm2d: SyncSwitchNorm, SwitchNorm3d: SyncSwitchNorm,
-    SparseSwitchNorm1d: SyncSparseSwitchNorm, SparseSwitchNorm2d: SyncSparseSwitchNorm,
-    SparseSwitchNorm3d: SyncSparseSwitchNorm
-}
-
-
-def _swap(module: SwitchNormBase, cls: type, **extra) -> SwitchNormBase:
-    """A layer of class ``cls`` sharing ``module``'s parameters, buffers and mode."""
-    options = dict(eps=module.eps, momentum=module.momentum, affine=module.affine,
-                   normalizers=module.normalizers, **extra)
-    if isinstance(module, SparseSwitchNormBase):
-        options['mode'] = module.mode
-    new = cls(module.num_features, device='meta', **options)
-    # Share the very tensors (as convert_sync_batchnorm does) so optimizers, requires_grad
-    # flags, latched choices and the radius carry over untouched.
-    for name, param in module._parameters.items():
-        new._parameters[name] = param
-    for name, buf in module._buffers.items():
-        new._buffers[name] = buf
-    new.train(module.training)
-    return new
-
-
-def convert_sync_switchnorm(model: nn.Module,
-                            process_group: Optional[dist.ProcessGroup] = None) -> nn.Module:
-    """Replace every SN/SSN layer of ``model`` by its synced version; returns the model.
-
-    Like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: parameters and
-    buffers are shared, not copied, and a bare layer is returned converted.
-    Already synced layers get ``process_group`` set.
-    """
-    if isinstance(model, _SyncMixin):
-        model._init_group(process_group)
-        return model
-    cls = _PLAIN_CLASSES.get(type(model))
-    if cls is not None:
-        new = _swap(model, cls, process_group=process_group)
-        new._plain_cls = type(model)  # its input rank, for revert_sync_switchnorm
-        return new
-    if isinstance(model, SwitchNormBase):
-        raise TypeError(f'convert_sync_switchnorm: no synced version of {type(model).__name__}')
-    for name, child in model.named_children():
-        new = convert_sync_switchnorm(child, process_group)
-        if new is not child:
-            model.add_module(name, new)
-    return model
-
-
-def revert_sync_switchnorm(model: nn.Module) -> nn.Module:
-    """Replace every SyncSN/SyncSSN layer by its plain version; returns the model.
-
-    The inverse of :func:`convert_sync_switchnorm`: a converted layer gets its
-    original class (1d, 2d or 3d) back; one built as ``SyncSN``/``SyncSSN``
-    from a config becomes ``SwitchNorm2d``/``SparseSwitchNorm2d``.
-    Parameters and buffers are shared.
-    """
-    if isinstance(model, _SyncMixin):
-        default = SparseSwitchNorm2d if isinstance(model, SparseSwitchNormBase) else SwitchNorm2d
-        return _swap(model, getattr(model, '_plain_cls', default))
-    for name, child in model.named_children():
-        new = revert_sync_switchnorm(child)
-        if new is not child:
-            model.add_module(name, new)
-    return model
