@@ -33,7 +33,7 @@ from typing import Any, Iterator, Optional, Union
 import torch
 from torch import Tensor
 
-__all__ = ['format_keys', 'unsafe_global', 'explain_load_error', 'read_checkpoint',
+__all__ = ['format_keys', 'key_mismatch', 'unsafe_global', 'explain_load_error', 'read_checkpoint',
            'read_state_dict', 'same_file', 'check_destination', 'check_distinct', 'replacing',
            'temporary_folder', 'torch_save', 'save_checkpoint']
 
@@ -49,6 +49,13 @@ def format_keys(keys: Iterable[str], limit: int = 30) -> str:
     keys = sorted(map(str, keys))
     shown = ', '.join(keys[:limit])
     return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+def key_mismatch(missing: Iterable[str], unexpected: Iterable[str], mismatched: Iterable[str],
+                 missing_label: str = 'missing') -> list[str]:
+    """The lines that name a checkpoint's missing, unexpected and wrongly sized keys (none: [])."""
+    named = ((missing_label, missing), ('unexpected', unexpected), ('size mismatch', mismatched))
+    return [f'{label}: {format_keys(keys)}' for label, keys in named if keys]
 
 
 def unsafe_global(err: BaseException) -> str | None:

@@ -15,6 +15,7 @@ import ssn_plugins.deploy.collapse as collapse
 from ssn_plugins import compat
 from ssn_plugins import (SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d, SwitchNorm2d,
                          collapse_norms, is_switch_norm)
+from tiny_models import assert_same_detections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHOICES = [('bn', 'bn'), ('in', 'in'), ('ln', 'ln'), ('bn', 'in'), ('ln', 'bn')]
@@ -167,15 +168,7 @@ def test_mask_rcnn_collapsed_outputs_equal(tmp_path):
                         list(feats) + list(rpn_logits)):
             assert (a - b).abs().max() <= 1e-4
         after = model.predict(data['inputs'], data['data_samples'])[0].pred_instances
-    # Same detections: each box has a twin (same label, score within 1e-4, IoU >= 0.99) on
-    # the other side; an untrained RPN ties many proposals, so order and NMS picks may vary.
-    from mmdet.structures.bbox import bbox_overlaps
-    assert len(before) == len(after) > 0
-    iou = bbox_overlaps(after.bboxes, before.bboxes)
-    same = (after.labels[:, None] == before.labels[None]) & (
-        (after.scores[:, None] - before.scores[None]).abs() <= 1e-4)
-    iou[~same] = 0
-    assert iou.max(1).values.min() >= 0.99 and iou.max(0).values.min() >= 0.99
+    assert_same_detections(after, before)
 
 
 def _seg_inputs(model):

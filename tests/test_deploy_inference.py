@@ -23,6 +23,7 @@ from torch import nn
 import ssn_plugins
 from ssn_plugins.builder import build_model
 from ssn_plugins.deploy import InstanceNorm
+from tiny_models import assert_same_detections
 from tool_loader import load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -71,20 +72,6 @@ def _assert_collapsed(model):
     assert all(m.latched for m in model.modules() if ssn_plugins.is_switch_norm(m))  # mixed choices
 
 
-def _assert_same_detections(after, before):
-    """Each box has a twin (same label, score within 1e-4, IoU >= 0.99) on the other side.
-
-    An untrained RPN ties many proposals, so order and NMS picks may vary.
-    """
-    from mmdet.structures.bbox import bbox_overlaps
-    assert len(before) == len(after) > 0
-    iou = bbox_overlaps(after.bboxes, before.bboxes)
-    same = (after.labels[:, None] == before.labels[None]) & (
-        (after.scores[:, None] - before.scores[None]).abs() <= 1e-4)
-    iou[~same] = 0
-    assert iou.max(1).values.min() >= 0.99 and iou.max(0).values.min() >= 0.99
-
-
 def test_mmseg_init_model_and_inference_model(seg):
     from mmseg.apis import inference_model, init_model
     config, checkpoint, deployed_config, deployed = seg
@@ -119,7 +106,7 @@ def test_mmdet_init_detector_and_inference_detector(det):
     assert model.dataset_meta['classes'] == ('square', 'circle', 'triangle')
     with torch.no_grad():
         before, after = inference_detector(original, _image()), inference_detector(model, _image())
-    _assert_same_detections(after.pred_instances, before.pred_instances)
+    assert_same_detections(after.pred_instances, before.pred_instances)
 
 
 def test_mmdet_inferencer(det):
@@ -130,7 +117,7 @@ def test_mmdet_inferencer(det):
         inferencer = DetInferencer(model=cfg, weights=weights, device='cpu', show_progress=False)
         got[name] = inferencer(_image(1), return_datasamples=True)['predictions'][0]
     _assert_collapsed(inferencer.model)
-    _assert_same_detections(got['after'].pred_instances, got['before'].pred_instances)
+    assert_same_detections(got['after'].pred_instances, got['before'].pred_instances)
 
 
 def test_inferencer_from_the_deployed_weights_alone(seg):

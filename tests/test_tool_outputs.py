@@ -19,20 +19,10 @@ import ssn_plugins  # noqa: F401  (registers SN/SSN for the configs)
 from released_layout import released_state_dict, save_released
 from ssn_plugins import fileio
 from ssn_plugins.engine import launch
+from tiny_models import TINY_SEG
 from tool_loader import one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_SEG = """
-_base_ = 'mmseg::_base_/models/fcn_r50-d8.py'
-custom_imports = dict(imports=['ssn_plugins'], allow_failed_imports=False)
-default_scope = 'mmseg'
-ssn = dict(type='SSN')
-data_preprocessor = dict(type='SegDataPreProcessor', size=(32, 32))
-model = dict(pretrained=None, data_preprocessor=data_preprocessor,
-             backbone=dict(depth=18, base_channels=8, norm_cfg=ssn, init_cfg=None),
-             decode_head=dict(in_channels=64, channels=8, num_convs=1, num_classes=3, norm_cfg=ssn),
-             auxiliary_head=None)
-"""
 
 
 @pytest.fixture(scope='module')
@@ -40,22 +30,6 @@ def released(tmp_path_factory):
     """A released ResNet-50 SSN checkpoint (narrow), as convert_checkpoint reads it."""
     folder = tmp_path_factory.mktemp('released')
     return save_released(released_state_dict('ssn', 50, 8), str(folder / 'src.pth'))
-
-
-@pytest.fixture(scope='module')
-def latched_seg(tmp_path_factory):
-    """A tiny FCN config and a checkpoint of it with every SSN layer latched (random weights)."""
-    from ssn_plugins.builder import build_model
-    folder = tmp_path_factory.mktemp('seg')
-    config = folder / 'tiny.py'
-    config.write_text(TINY_SEG)
-    torch.manual_seed(0)
-    model = build_model(str(config))
-    for k, m in enumerate(m for m in model.modules() if ssn_plugins.is_switch_norm(m)):
-        m.latch(k % 3, (k + 1) % 3)
-    ckpt = folder / 'trained.pth'
-    torch.save({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
-    return str(config), str(ckpt)
 
 
 def _links(tmp_path, target):

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from ..fileio import format_keys
+from ..fileio import key_mismatch
 from ..norm.switch_norm import SwitchNormBase
 
 __all__ = ['map_plain_norms', 'SWITCH_ONLY_ENTRIES']
@@ -84,13 +84,7 @@ def map_plain_norms(module: nn.Module, state_dict: Mapping[str, Tensor],
                   for k, v in mapped.items() if v.shape != expected[k].shape]
     if missing or unexpected or mismatched:
         lines = [f'{source} does not fit {type(module).__name__} with BN/GN keys mapped onto its '
-                 f'SN/SSN layers']
-        if missing:
-            lines.append(f'missing: {format_keys(missing)}')
-        if unexpected:
-            lines.append(f'unexpected: {format_keys(unexpected)}')
-        if mismatched:
-            lines.append(f'size mismatch: {format_keys(mismatched)}')
+                 f'SN/SSN layers', *key_mismatch(missing, unexpected, mismatched)]
         lines.append('check that the checkpoint is of this architecture (depth, stem, style) and '
                      'the prefix, or set init_cfg=None to train from scratch')
         raise ValueError('; '.join(lines))

@@ -20,7 +20,7 @@ from mmengine.registry import WEIGHT_INITIALIZERS
 from mmengine.runner import CheckpointLoader
 from torch import nn
 
-from ..fileio import format_keys, read_checkpoint, read_state_dict
+from ..fileio import key_mismatch, read_checkpoint, read_state_dict
 from ..models.resnet_stem import stem_pool_of
 from ..norm.switch_norm import SparseSwitchNormBase
 from .mapping import map_plain_norms
@@ -46,13 +46,8 @@ def check_state_dict(module: nn.Module, state_dict: dict, source: str = 'checkpo
                   for k, s in expected.items() if k in state_dict and state_dict[k].shape != s]
     if not (missing or unexpected or mismatched):
         return
-    lines = [f'{source} does not fit {type(module).__name__} exactly']
-    if missing:
-        lines.append(f'missing (left unloaded): {format_keys(missing)}')
-    if unexpected:
-        lines.append(f'unexpected: {format_keys(unexpected)}')
-    if mismatched:
-        lines.append(f'size mismatch: {format_keys(mismatched)}')
+    lines = [f'{source} does not fit {type(module).__name__} exactly',
+             *key_mismatch(missing, unexpected, mismatched, 'missing (left unloaded)')]
     if any(k.endswith(('.mean_fixed', '.var_fixed')) for k in state_dict) or any(
             k.endswith('.weight') and v.dim() == 4 and v.shape[0] == 1 and v.shape[2:] == (1, 1)
             for k, v in state_dict.items()):
