@@ -198,6 +198,7 @@ def test_cli_with_checkpoint_alone(tmp_path, capsys):
     assert os.path.getsize(tmp_path / 'out' / 'ratios.png') > 1000
 
 
+@pytest.mark.slow
 def test_cli_with_config_and_checkpoint(tmp_path):
     from mmengine.registry import MODELS, init_default_scope
 
@@ -267,6 +268,7 @@ def _scalars(runner):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_monitor_values_reach_log_and_visualizer(tmp_path):
     runner = _run(tmp_path, [dict(type='SSNRadiusHook'), dict(type='SwitchNormMonitorHook'),
                              dict(type='SafeCheckpointHook')])

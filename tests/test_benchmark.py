@@ -3,6 +3,7 @@ import json
 import os
 import sys
 
+import pytest
 import torch
 
 from lab import benchmark, profiling
@@ -54,6 +55,7 @@ def test_layer_benchmark_records_and_memory(tmp_path):
     assert json.loads(out.read_text())['layers'][0]['shape'] == [2, 8, 4, 4]
 
 
+@pytest.mark.slow
 def test_counts_columns(tmp_path):
     counts = benchmark.count_benchmark(2, (8, 4), ('bn', 'in-bn'))
     assert counts['shape'] == [2, 8, 4, 4] and set(counts['kinds']) == KINDS
@@ -76,6 +78,7 @@ def test_counts_columns(tmp_path):
     assert 'layers' not in result
 
 
+@pytest.mark.slow
 def test_compile_mode_times_compiled_layers(tmp_path):
     # aot_eager: dynamo and AOTAutograd as with inductor, without code generation (fast)
     records = benchmark.compile_benchmark((2, ), [(8, 4)], repeats=1, latched=('bn', ),

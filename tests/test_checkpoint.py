@@ -103,6 +103,7 @@ def _backbone(checkpoint, kind='SSN', stem=True, width=64, **init):
 # ---------------------------------------------------------------------------------------------
 # conversion
 
+@pytest.mark.slow
 def test_converted_file_is_weights_only_and_says_what_was_done(r50_ssn):
     released, dst, meta = r50_ssn
     ckpt = torch.load(dst, weights_only=True)
@@ -224,6 +225,7 @@ def test_corrupted_and_unsafe_files_fail_clearly(tmp_path, r50_ssn):
         convert_checkpoint(str(unsafe), str(tmp_path / 'out.pth'))
 
 
+@pytest.mark.slow
 def test_cli(tmp_path, monkeypatch):
     src = save_released(released_state_dict('sn', 50, 8), str(tmp_path / 'sn.pth'), module_prefix=True)
     tool = os.path.join(ROOT, 'tools', 'convert_checkpoint.py')
@@ -243,6 +245,7 @@ def test_cli(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # loading into the shipped configs and what the loaded network computes
 
+@pytest.mark.slow
 def test_mask_rcnn_config_loads_every_backbone_tensor(r50_ssn):
     released, dst, _ = r50_ssn
     # the stem pool is checked on its own below: here only the tensors
@@ -253,6 +256,7 @@ def test_mask_rcnn_config_loads_every_backbone_tensor(r50_ssn):
     assert len(latched) == released_fixed_layers(released)
 
 
+@pytest.mark.slow
 def test_pspnet_config_loads_every_backbone_tensor(r50_ssn):
     released, dst, _ = r50_ssn
     model = _build_from_config(MMSEG_CFG, dst, check_stem=False)
@@ -260,6 +264,7 @@ def test_pspnet_config_loads_every_backbone_tensor(r50_ssn):
     assert_loaded(model.backbone, released)
 
 
+@pytest.mark.slow
 def test_sn_mask_rcnn_config_loads_every_backbone_tensor(r50_sn):
     released, dst = r50_sn
     model = _build_from_config(MMDET_SN_CFG, dst)  # released SN stem = mmdet's: checked too
@@ -267,6 +272,7 @@ def test_sn_mask_rcnn_config_loads_every_backbone_tensor(r50_sn):
     assert_loaded(model.backbone, released)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', [MMDET_CFG, MMSEG_CFG], ids=os.path.basename)
 def test_shipped_ssn_configs_pool_the_stem_like_the_released_network(r50_ssn, path):
     """The released SSN models pool with padding 0 and ceil_mode; the config must build that pool."""

@@ -48,6 +48,7 @@ def test_train_tool_compile_flags(monkeypatch):
     assert [cfg.get('compile') for cfg in trained] == [True, dict(backend='aot_eager'), None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config', COMPILED_CONFIGS, ids=osp.basename)
 def test_runner_with_compile_trains_demo_config(config, demo_dir):
     cfg = launch.load_config(config, TINY, str(demo_dir / 'work'))

@@ -67,6 +67,7 @@ def test_configs_are_shipped():
     assert expected <= names, sorted(expected - names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', ALL_CONFIGS, ids=_id)
 def test_config_contents(path):
     """What a user relies on beyond the model: plugin import, hooks, optimizer, pretrained file."""
@@ -147,6 +148,7 @@ def _shrink_det(cfg):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', DET_CONFIGS, ids=_id)
 def test_det_config_trains_and_predicts(path):
     from mmdet.testing import demo_mm_inputs
@@ -205,6 +207,7 @@ def _seg_inputs(batch, size, num_classes):
     return dict(inputs=inputs, data_samples=samples)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', SEG_CONFIGS, ids=_id)
 def test_seg_config_trains_and_predicts(path):
     cfg = _load(path)
@@ -258,6 +261,7 @@ def _released_layout(backbone):
     return {'state_dict': {f'module.{k}': v for k, v in state.items()}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', [DET_CONFIGS[0], SEG_CONFIGS[0],
                                   next(p for p in DET_CONFIGS if '-sn_' in p)], ids=_id)
 def test_pretrained_backbone_comes_from_the_converted_file(path, tmp_path, monkeypatch):
@@ -287,6 +291,7 @@ def test_pretrained_backbone_comes_from_the_converted_file(path, tmp_path, monke
                 assert int(layer.mean_choice) == int(source[f'{name}.mean_weight'].argmax())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', [DET_CONFIGS[0], SEG_CONFIGS[0]], ids=_id)
 def test_missing_pretrained_file_says_how_to_make_it(path, tmp_path, monkeypatch):
     cfg = _load(path)
@@ -311,6 +316,7 @@ def _synchronized(value, counts):
     return value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', [p for p in ALL_CONFIGS if '-syncssn' in os.path.basename(p)], ids=_id)
 def test_a_syncssn_config_is_its_ssn_config_with_every_layer_synchronized(path):
     """Nothing else differs: data, schedule, hooks, optimizer and the rest of the model."""

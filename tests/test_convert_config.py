@@ -81,6 +81,7 @@ def _tiny(cfg: Config, toolkit: str) -> Config:
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('upstream', sorted(PANEL))
 def test_upstream_config_converts_builds_and_trains_one_step(upstream):
     toolkit = upstream.split('::')[0]

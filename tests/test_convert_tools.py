@@ -64,6 +64,7 @@ def test_convert_config_tool_never_writes_over_its_input(tmp_path):
     assert open(source).read() == before
 
 
+@pytest.mark.slow
 def test_train_norm_converts_a_bn_config_and_test_reads_the_work_dir_config(demo_dir):
     """A plain BN config trains as SSN with --norm SSN; the work dir keeps the converted config,
     and tools/test.py on it evaluates the checkpoint."""

@@ -68,6 +68,7 @@ def _run(python, cases_file, out_file):
     return torch.load(out_file, weights_only=True)
 
 
+@pytest.mark.slow
 def test_both_stacks_give_the_same_outputs_gradients_and_state(tmp_path):
     here = osp.realpath(sys.prefix)  # venvs share the base interpreter: tell them by prefix
     others = {name: python for name, python in STACKS.items()

@@ -42,6 +42,7 @@ def _latch_iteration(choices: torch.Tensor) -> int:
     return first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('synced', [False, True], ids=['SSN', 'SyncSSN'])
 def test_two_processes_train_through_every_latching_order(tmp_path, synced):
     """DDP(find_unused_parameters=False) on 2 processes survives every order of latching.

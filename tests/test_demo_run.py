@@ -7,10 +7,12 @@ import runpy
 import sys
 
 import matplotlib.image
+import pytest
 
 DEMO = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools', 'demo.py')
 
 
+@pytest.mark.slow
 def test_demo_main_job_runs_end_to_end(tmp_path, monkeypatch, capsys):
     out = tmp_path / 'demo'
     monkeypatch.setattr(sys, 'argv', ['tools/demo.py', '--out', str(out), '--iters', '4', '--num-train', '8',

@@ -179,6 +179,7 @@ def _seg_inputs(model):
     return model.data_preprocessor(data, False)
 
 
+@pytest.mark.slow
 def test_pspnet_deploy_tool_round_trip(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, 'tools'))
     import deploy as deploy_tool  # tools/deploy.py
@@ -226,6 +227,7 @@ needs_onnx_torch = pytest.mark.skipif(
            'test_onnx_on_an_older_torch_says_which_torch_it_needs covers this torch')
 
 
+@pytest.mark.slow
 @needs_onnx_torch
 def test_onnx_export_of_the_segmentation_demo_matches_mmseg(tmp_path):
     """Image to logits in onnxruntime equals mmseg's own preprocessing and predict, to 1e-4."""
@@ -263,6 +265,7 @@ def test_onnx_export_of_the_segmentation_demo_matches_mmseg(tmp_path):
     assert (torch.from_numpy(got[0]) - expected).abs().max() <= 1e-4
 
 
+@pytest.mark.slow
 @needs_onnx_torch
 def test_onnx_export_of_a_detector_covers_backbone_neck_and_rpn(tmp_path):
     from ssn_plugins.deploy.onnx import export_onnx
@@ -326,6 +329,7 @@ def test_onnx_on_an_older_torch_says_which_torch_it_needs(tmp_path, monkeypatch)
                                  onnx=str(tmp_path / 'd.onnx'))
 
 
+@pytest.mark.slow
 @needs_onnx_torch
 def test_onnx_exports_layers_that_have_not_latched_with_their_eval_ratios(tmp_path, capsys):
     """Unlatched SSN layers: fixed mixtures in ONNX, equal to mmseg's predict; still SSN in the checkpoint.

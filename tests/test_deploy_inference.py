@@ -72,6 +72,7 @@ def _assert_collapsed(model):
     assert all(m.latched for m in model.modules() if ssn_plugins.is_switch_norm(m))  # mixed choices
 
 
+@pytest.mark.slow
 def test_mmseg_init_model_and_inference_model(seg):
     from mmseg.apis import inference_model, init_model
     config, checkpoint, deployed_config, deployed = seg
@@ -96,6 +97,7 @@ def test_mmseg_inferencer(seg):
     assert (got['after'].seg_logits.data - got['before'].seg_logits.data).abs().max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_mmdet_init_detector_and_inference_detector(det):
     from mmdet.apis import inference_detector, init_detector
     config, checkpoint, deployed_config, deployed = det
@@ -145,6 +147,7 @@ TINY = ['test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=Fal
         'test_dataloader.batch_size=1']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('toolkit', ['mmseg', 'mmdet'])
 def test_upstream_and_our_test_py_give_the_original_metrics(toolkit, request, demo_dir, monkeypatch):
     config, checkpoint, deployed_config, deployed = request.getfixturevalue(
@@ -166,6 +169,7 @@ def test_upstream_and_our_test_py_give_the_original_metrics(toolkit, request, de
         assert ours[key] == pytest.approx(metrics['before'][key], abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_a_deployed_config_imports_ssn_plugins_itself(tmp_path):
     """A config without custom_imports (ssn_plugins imported by the user's script) still deploys to one
     that mmseg's init_model reads in a fresh process that never imports ssn_plugins."""

@@ -34,6 +34,7 @@ def test_every_ssn_detection_and_segmentation_config_has_a_syncssn_variant():
     assert len(expected) == 14 and DET_SEG_SYNC_CONFIGS == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', SYNC_CONFIGS, ids=osp.basename)
 def test_syncssn_config_is_its_ssn_config_with_synced_layers(path):
     # the shared bases' named parts (ssn_d8_model, syncssn_norm_cfg, ...) are building
@@ -134,6 +135,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_dist_train_two_cpu_processes_end_identical(tmp_path):
     """tools/dist_train.sh CONFIG 2 on CPUs with the normal radius schedule: layers latch at
     different iterations (mean first, variance first, both) under DDP without

@@ -46,6 +46,7 @@ def _no_temporaries(folder):
 
 # -- writes: whole or not at all ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_convert_and_deploy_on_a_full_disk_keep_the_old_files(tmp_path, latched_seg):
     config, ckpt = latched_seg
     src = save_released(released_state_dict('ssn', 50, 8), str(tmp_path / 'src.pth'))

@@ -142,6 +142,7 @@ def _compile_case(state: str, training: bool):
     return outputs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
 @pytest.mark.parametrize('state', ['sn', 'free', 'half', 'bn', 'in', 'mixed', 'half-device'])
 def test_compiles_to_one_graph_equal_to_eager(state, training):
@@ -152,6 +153,7 @@ def test_compiles_to_one_graph_equal_to_eager(state, training):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('state', ['sn', 'free', 'mixed'])
 def test_compiles_with_dynamic_shapes_as_detection_needs(state):
     """Image sizes change from batch to batch in detection: one graph for every size."""

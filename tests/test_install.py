@@ -161,6 +161,7 @@ print(json.dumps(out))
 '''
 
 
+@pytest.mark.slow
 def test_import_with_only_the_core_installed(tmp_path):
     """No mmdet, mmseg, mmpretrain, torchvision, pycocotools, onnx: the layers, hooks and
     conversion work, and each missing extra is named where it is needed."""
@@ -182,6 +183,7 @@ def test_import_with_only_the_core_installed(tmp_path):
         assert '\n' not in message
 
 
+@pytest.mark.slow
 def test_tools_name_the_missing_extra_in_one_line(tmp_path):
     blocker = tmp_path / 'sitecustomize.py'  # loaded at start-up: mmdet is absent
     blocker.write_text("import sys\nsys.modules['mmdet'] = None\n")
@@ -239,6 +241,7 @@ def _dry_run(args, cwd):
     return {item['metadata']['name'].lower(): item['metadata']['version'] for item in report['install']}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_installing_into_an_existing_environment_keeps_its_torch_and_mmcv(tmp_path):
     """``pip install`` of the wheel (with dependencies) and ``pip install -e '.[seg]'`` into this

@@ -113,6 +113,7 @@ def editable_install():
     return dist, link
 
 
+@pytest.mark.slow
 def test_editable_install_is_where_mim_looks(editable_install, tmp_path):
     dist, link = editable_install
     assert link == osp.join(str(dist.locate_file('')), 'ssn_plugins') and osp.islink(link)
@@ -193,6 +194,7 @@ def test_link_for_mim_leaves_a_wheel_install_alone(tmp_path):
     assert not osp.lexists(str(site / 'ssn_plugins'))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_mim_train_and_test_in_the_editable_install(editable_install, demo_dir):
     """About 30 s: the checkout's tools and configs, found through the link.
@@ -211,6 +213,7 @@ def _install_wheel(tmp_path):
     return install_to_target(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_mim_train_and_test_from_a_wheel_install(demo_dir):
     """About 45 s: mim runs the tools and the config copied into the installed package."""

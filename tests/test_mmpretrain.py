@@ -74,6 +74,7 @@ def test_imagenet_configs_are_shipped():
             'resnet50-syncssn_8xb2_in1k.py'} <= names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', PRETRAIN_CONFIGS, ids=lambda p: osp.basename(p)[:-3])
 def test_imagenet_config_follows_the_released_recipe(path):
     cfg = Config.fromfile(path)
@@ -147,6 +148,7 @@ def _backbone_state(path):
     return {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
 
 
+@pytest.mark.slow
 def test_classifier_backbone_carries_over_to_the_detector(demo_dir):
     """The issue-13 path on the demo: classify, convert, load strictly into Mask R-CNN, train a step."""
     work = demo_dir / 'cls'
@@ -270,6 +272,7 @@ def test_bad_choice_in_our_layout_is_refused():
         ssn_plugins.checkpoint.convert_state_dict(state)
 
 
+@pytest.mark.slow
 def test_mmpretrain_own_train_tool_trains_the_demo(demo_dir, monkeypatch):
     """mmpretrain's tools/train.py (shipped in the wheel) runs the classification demo config."""
     tool = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'tools', 'train.py')

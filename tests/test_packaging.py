@@ -108,6 +108,7 @@ print(json.dumps(out))
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_wheel_install_ships_every_config(tmp_path):
     """A plain (non-editable) ``pip install``: configs copied into site-packages.
@@ -156,6 +157,7 @@ def _library_files():
     return files
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_wheel_holds_the_library_and_not_the_lab(tmp_path):
     """About 15 s: the wheel built from the sources, lab/ and tests/ beside them, as in the repository."""

@@ -15,6 +15,7 @@ from ssn_plugins.engine import checkpoint_io, launch
 from ssn_plugins.engine.hooks import sparse_switch_norms
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_is_exact(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_demo_dataset(str(tmp_path / 'data' / 'ssn_demo'), num_train=4, num_val=1, size=64, seed=1)
@@ -63,6 +64,7 @@ def _det_cfg(work_dir, data_root):
     return launch.load_config(DET_CFG, options, work_dir)
 
 
+@pytest.mark.slow
 def test_mask_rcnn_resume_is_exact_despite_random_sampling(tmp_path, monkeypatch):
     """RPN/RoI sampling draws from torch's RNG: SafeCheckpointHook restores it on resume."""
     monkeypatch.chdir(tmp_path)
@@ -84,6 +86,7 @@ def test_mask_rcnn_resume_is_exact_despite_random_sampling(tmp_path, monkeypatch
     assert all(layer.latched for layer in sparse_switch_norms(resumed.model))
 
 
+@pytest.mark.slow
 def test_two_process_resume_gives_every_rank_its_own_rng(tmp_path):
     """2 processes (gloo, CPU), dropout drawn from a different torch RNG stream on each rank:
     the resumed run ends, on every rank, exactly where the uninterrupted run ends.

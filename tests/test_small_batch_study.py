@@ -96,6 +96,7 @@ def test_choice_shares():
                                      'var': {'IN': 0.0, 'LN': 0.0, 'BN': 1.0}}
 
 
+@pytest.mark.slow
 def test_study_cli_end_to_end(tmp_path, monkeypatch, capsys):
     """The command users run, on a tiny setting; a rerun adds runs; each run is independent."""
     out = tmp_path / 'study'

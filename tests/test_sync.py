@@ -24,6 +24,7 @@ def two_process_results(request, tmp_path_factory):
     return request.param, spawn(equivalence_worker, tmp_path, request.param)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
 @pytest.mark.parametrize('sparse', [False, True], ids=['SyncSN', 'SyncSSN'])
 def test_two_processes_equal_one_process(two_process_results, sparse, training):
@@ -72,6 +73,7 @@ def test_global_moments_backward_passes_gradcheck(two_process_results):
         assert analytic.abs().min() > 1e-3  # each direction really moves the loss
 
 
+@pytest.mark.slow
 def test_ddp_after_latching_keeps_ranks_identical(tmp_path):
     """MMDistributedDataParallel without find_unused_parameters trains on after the layer latches."""
     rank0, rank1 = spawn(ddp_latch_worker, tmp_path)

@@ -156,6 +156,7 @@ def _start_writer(folder):
     return child
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_write_removes_its_temporaries(tmp_path):
     (tmp_path / 'a.pth').write_text('old')
     child = _start_writer(tmp_path)
@@ -164,6 +165,7 @@ def test_sigterm_during_a_write_removes_its_temporaries(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['a.pth'] and (tmp_path / 'a.pth').read_text() == 'old'
 
 
+@pytest.mark.slow
 def test_temporaries_of_a_killed_write_are_removed_by_the_next_write(tmp_path):
     (tmp_path / 'a.pth').write_text('old')
     (tmp_path / '.notes.tmp').write_text('not ours')

@@ -33,6 +33,7 @@ def _schedule(iters, val_interval=100):
             f'default_hooks.checkpoint.interval={iters}']
 
 
+@pytest.mark.slow
 def test_mmdet_train_resume_test(demo_dir):
     train, test = load_tool('train'), load_tool('test')
     work = str(demo_dir / 'work')
@@ -58,6 +59,7 @@ def test_mmdet_train_resume_test(demo_dir):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
 
 
+@pytest.mark.slow
 def test_mmseg_train_and_test(demo_dir):
     train, test = load_tool('train'), load_tool('test')
     work = str(demo_dir / 'work')
@@ -123,6 +125,7 @@ class _Malicious:
         return _payload, (self.marker,)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('force_unsafe', [False, True], ids=['default', 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'])
 def test_malicious_pickle_still_refused(demo_dir, monkeypatch, force_unsafe):
     """mmengine's loaders (the Runner's load_from, resume, test) never unpickle code: not on
@@ -165,6 +168,7 @@ def _run_unsafe_env(args, cwd):
                           timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('how', ['test', 'resume', 'load_from', 'init_cfg_pretrained'])
 def test_runner_loads_never_run_a_pickle_even_with_the_variable_set(demo_dir, how):
     """tools/test.py CFG evil.pth, train --resume evil.pth, load_from and init_cfg Pretrained, each
@@ -218,6 +222,7 @@ for path in ('mine://' + sys.argv[1], sys.argv[1]):
 """
 
 
+@pytest.mark.slow
 def test_a_scheme_registered_after_import_is_weights_only_too(tmp_path):
     evil, marker = _evil_checkpoint(tmp_path)
     done = _run_unsafe_env(['-c', _LATE_SCHEME, evil], tmp_path)

@@ -58,6 +58,7 @@ def _weights(path):
     return torch.load(path, map_location='cpu', weights_only=True)['state_dict']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('toolkit', CASES)
 def test_upstream_tools_train_resume_and_test_the_demo(toolkit, demo_dir, monkeypatch):
     tmp_path = demo_dir  # the cwd, where the demo configs read data/ssn_demo
