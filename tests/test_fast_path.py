@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import ssn_plugins
 import ssn_plugins.norm.switch_norm as switch_norm_module
 from ssn_plugins import SparseSwitchNorm1d, SparseSwitchNorm2d, SparseSwitchNorm3d
-from ssn_plugins.norm.functional import switch_norm
+from ssn_plugins.norm.functional import has_latched_kernel, latched_norm, switch_norm
 from ssn_plugins.norm.moments import local_batch_moments
 
 CHOICES = [('bn', 'bn'), ('in', 'in'), ('ln', 'ln'), ('in', 'bn'), ('bn', 'ln'), ('ln', 'in')]
@@ -177,3 +177,12 @@ def test_one_by_one_maps(choice, training, n):
     # var = 0: y = x * rsqrt(eps) - x * rsqrt(eps) + bias loses ~1e-4 in float32
     torch.testing.assert_close(y, _dense(reference, x), atol=5e-4, rtol=0)
     y.sum().backward()
+
+
+def test_latched_norm_names_the_one_case_without_a_kernel():
+    one_value = torch.randn(2, 6, 1, 1)
+    assert not has_latched_kernel('in', one_value)
+    assert has_latched_kernel('ln', one_value) and has_latched_kernel('in', torch.randn(2, 6, 2, 1))
+    with pytest.raises(ValueError, match=r'latched_norm: IN on maps of one value \(2, 6, 1, 1\) has no '
+                                         r'PyTorch kernel; use switch_norm with one-hot ratios'):
+        latched_norm(one_value, 'in', None, None, None, None, True, 0.1, 1e-5)

@@ -18,7 +18,7 @@ from .composite import composite_switch_norm
 from .fused import fused_switch_norm
 from .moments import NORMALIZERS, BatchPool
 
-__all__ = ['PATHS', 'switch_norm', 'latched_norm', 'keep_in_graph']
+__all__ = ['PATHS', 'switch_norm', 'latched_norm', 'has_latched_kernel', 'keep_in_graph']
 
 #: The implementations :func:`switch_norm` can run.
 PATHS = ('fused', 'composite')
@@ -71,6 +71,13 @@ def switch_norm(x: Tensor,
                                      bias, training, momentum, eps, batch_pool)
 
 
+def has_latched_kernel(choice: str, x: Tensor) -> bool:
+    """Whether :func:`latched_norm` has PyTorch's kernel for ``choice`` on ``x``: every case but
+    IN on 1x1 maps, which PyTorch's IN/GN kernels refuse (there :func:`switch_norm` with
+    one-hot ratios is exact).  Reads shapes only."""
+    return choice != 'in' or x.numel() != x.shape[0] * x.shape[1]
+
+
 def latched_norm(x: Tensor,
                  choice: str,
                  running_mean: Optional[Tensor],
@@ -79,11 +86,10 @@ def latched_norm(x: Tensor,
                  bias: Optional[Tensor],
                  training: bool,
                  momentum: float,
-                 eps: float) -> Optional[Tensor]:
+                 eps: float) -> Tensor:
     """A layer latched on one normalizer for both mean and variance, on PyTorch's kernel.
 
-    Returns None where no such kernel applies (IN on 1x1 maps): the caller
-    takes :func:`switch_norm` with one-hot ratios, which is exact there.
+    Ask :func:`has_latched_kernel` first: IN on 1x1 maps has no such kernel.
 
     ``'bn'`` is ``F.batch_norm`` (updates the running buffers in training);
     ``'in'`` is ``F.group_norm`` with C groups and ``'ln'`` with one group
@@ -92,8 +98,9 @@ def latched_norm(x: Tensor,
     if choice == 'bn':
         return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
     if choice == 'in':
-        if x.numel() == x.shape[0] * x.shape[1]:
-            return None  # 1x1 maps: PyTorch's IN/GN kernels refuse them
+        if not has_latched_kernel(choice, x):
+            raise ValueError(f'latched_norm: IN on maps of one value {tuple(x.shape)} has no '
+                             'PyTorch kernel; use switch_norm with one-hot ratios')
         return F.group_norm(x, x.shape[1], weight, bias, eps)
     if choice == 'ln':
         return F.group_norm(x, 1, weight, bias, eps)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..compat import custom_functions_traceable
 from ..ops.sparsestmax import SPARSESTMAX_MODES
-from .functional import keep_in_graph, latched_norm, switch_norm
+from .functional import has_latched_kernel, keep_in_graph, latched_norm, switch_norm
 from .moments import NORMALIZERS, BatchPool
 from .ratios import bn_in_use, latched_choices, one_hot_ratios, switch_ratios
 
@@ -288,7 +288,7 @@ class SparseSwitchNormBase(SwitchNormBase):
 
     def _set_selection(self, mean: int, var: int) -> None:
         """Record what the host now knows of ``mean_choice``/``var_choice`` (indices, -1 free)."""
-        self._selection = Selection(int(mean), int(var))
+        self._selection = Selection(mean, var)
 
     def set_radius(self, radius: float) -> None:
         """Set the SparsestMax radius: a finite number >= 0 (>= sqrt((K-1)/K) makes every row one-hot)."""
@@ -349,13 +349,11 @@ class SparseSwitchNormBase(SwitchNormBase):
         mean, var = self._selection  # plain ints: no method calls for torch.compile to trace
         if mean >= 0 and var >= 0:
             latched = self.normalizers[mean], self.normalizers[var]
-            if latched[0] == latched[1] and (
+            if latched[0] == latched[1] and has_latched_kernel(latched[0], x) and (
                     latched[0] != 'bn' or (batch_pool is None and self.momentum is not None)):
                 xin = keep_in_graph(x, self.mean_weight, self.var_weight) if anchored else x
-                y = latched_norm(xin, latched[0], self.running_mean, self.running_var, self.weight,
-                                 self.bias, self.training, self.momentum, self.eps)
-                if y is not None:  # None: IN on 1x1 maps, exact with one-hot ratios below
-                    return y
+                return latched_norm(xin, latched[0], self.running_mean, self.running_var, self.weight,
+                                    self.bias, self.training, self.momentum, self.eps)
             if anchored:
                 x = keep_in_graph(x, self.mean_weight, self.var_weight)
             ratios = one_hot_ratios(self._device_choices(), len(self.normalizers))
